@@ -1,0 +1,1 @@
+"""Hydra configs of normbench (installed as the package normbench.configs)."""

@@ -1,0 +1,151 @@
+"""The `normbench` command. Thin: each subcommand hands its arguments to the module that owns
+the idea (Hydra composition, the job, the report, the registries) and turns user errors into
+one line and exit code 2.
+
+    normbench train  [overrides]      one cell, e.g. norm=gn batch=4
+    normbench sweep  [overrides]      every combination of comma-separated values, e.g. batch=32,2
+    normbench report [sweep_dir]      tables and plots from run directories (default: the config's)
+    normbench norms | models | datasets   what is available, with options
+    normbench worker <run_dir>        one training process (used by torchrun / srun)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from normbench.errors import UserError
+
+USAGE = __doc__.split("\n\n", 1)[1].rstrip()
+log = logging.getLogger("normbench")
+
+
+def _cmd_train(args: list[str]) -> int:
+    from normbench.config import as_config
+    from normbench.hydra_app import compose
+    from normbench.job import cell_dir, run_cell
+    from normbench.track import rundir
+
+    if any("," in a.split("=", 1)[-1] and not a.split("=", 1)[-1].startswith("[") for a in args):
+        raise UserError("train runs one cell; comma-separated values sweep: use `normbench sweep`")
+    cfg = compose(args)
+    status = run_cell(cfg, args)
+    run_dir = cell_dir(as_config(cfg), args)
+    metrics = rundir.read_json(run_dir / rundir.METRICS) or {}
+    if metrics.get("val_error_median5") is not None:
+        print(
+            f"val top-1 error: {metrics['val_error_median5']:.2f}% (median of last 5 epochs; "
+            f"final {metrics['val_error_final']:.2f}%, best {metrics['val_error_best']:.2f}%)"
+        )
+    elif status.endswith("diverged"):
+        print(f"diverged: {metrics.get('error')}")
+    print(f"run directory: {run_dir}")
+    return 1 if status == "failed" else 0
+
+
+def _cmd_sweep(args: list[str]) -> int:
+    from normbench.config import as_config, validate
+    from normbench.hydra_app import compose, expand_sweep, multirun, sweep_dir
+    from normbench.report import build_report, format_report
+    from normbench.track import rundir
+
+    cells = expand_sweep(args)
+    # Every cell is checked before any runs: a bad value fails now, naming its cell.
+    for overrides in cells:
+        cfg = compose(overrides)
+        config = as_config(cfg)
+        try:
+            validate(config)
+        except UserError as e:
+            name = rundir.cell_name(overrides, config.norm.name, config.batch)
+            raise UserError(f"cell {name}: {e}") from None
+    print(f"sweep: {len(cells)} cells into {sweep_dir(cfg)}", flush=True)
+    multirun(args, total=len(cells))
+    report = build_report(sweep_dir(cfg))
+    print(format_report(report))
+    return 0
+
+
+def _cmd_report(args: list[str]) -> int:
+    from normbench.hydra_app import compose, sweep_dir
+    from normbench.report import build_report, format_report
+
+    directory = Path(args[0]) if args and "=" not in args[0] else sweep_dir(compose(args))
+    if not directory.is_dir():
+        raise UserError(f"no sweep directory {directory} (give runs/<experiment>)")
+    print(format_report(build_report(directory)))
+    return 0
+
+
+def _cmd_norms(args: list[str]) -> int:
+    from normbench.norms import list_norms
+
+    for spec in list_norms():
+        flags = [f for f, on in (("batch statistics", spec.batch_dependent),
+                                 ("replaces ReLU", spec.replaces_activation)) if on]  # fmt: skip
+        print(f"{spec.name:8s} {spec.description}" + (f"  [{', '.join(flags)}]" if flags else ""))
+        for option, help_text in spec.options.items():
+            print(f"{'':8s}   norm.{option}: {help_text}")
+    print("\nweight standardization combines with any norm: model.ws=true")
+    return 0
+
+
+def _cmd_models(args: list[str]) -> int:
+    from normbench.models import list_models
+
+    for name, description in list_models():
+        print(f"{name:10s} {description}")
+    return 0
+
+
+def _cmd_datasets(args: list[str]) -> int:
+    from normbench.data import list_datasets
+
+    for name, description in list_datasets():
+        print(f"{name:14s} {description}")
+    return 0
+
+
+def _cmd_worker(args: list[str]) -> int:
+    from normbench.train.loop import run_worker
+
+    if len(args) != 1 or not (Path(args[0]) / "config.yaml").exists():
+        raise UserError("usage: normbench worker <run_dir> (a directory holding config.yaml)")
+    run_worker(args[0])
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "sweep": _cmd_sweep,
+    "report": _cmd_report,
+    "norms": _cmd_norms,
+    "models": _cmd_models,
+    "datasets": _cmd_datasets,
+    "worker": _cmd_worker,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(f"usage: normbench <command> [overrides]\n\n{USAGE}")
+        return 0
+    command, args = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"normbench: unknown command {command!r} (allowed: {', '.join(COMMANDS)})",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        return COMMANDS[command](args)
+    except UserError as e:
+        print(f"normbench: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("normbench: interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

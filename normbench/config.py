@@ -1,0 +1,247 @@
+"""Typed configuration: the schema Hydra validates every override against, and the quantities
+derived from it (total batch, learning rate, emulated GPUs per process).
+
+The schema is registered in Hydra's ConfigStore as ``base_config``; configs/config.yaml builds on
+it, so a misspelt key or a value of the wrong type is rejected by Hydra before any work starts.
+Checks that need more than types (a known norm name, groups that divide every layer, gpus vs
+devices) live in :func:`validate` and raise :class:`~normbench.errors.UserError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from normbench.errors import UserError
+
+AMP_MODES = ("none", "bf16", "fp16")
+ACCELERATORS = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "gloo", "nccl")
+SCHEDULES = ("step", "cosine")
+LOGGERS = ("wandb", "none")
+WANDB_MODES = ("offline", "online", "auto", "disabled")
+BAD_IMAGE_POLICIES = ("fail", "skip")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"
+    width: int | None = None  # base width of CIFAR-style ResNets (16 in He et al.)
+    ws: bool = False  # weight standardization on every conv; combines with any norm
+    zero_init_last_norm: bool = True  # gamma = 0 for the last norm of each residual block
+
+
+@dataclass
+class NormConfig:
+    """Every option any norm takes; None means the norm's own default.
+
+    An option set for a norm that does not take it is refused by the norm registry, so
+    ``norm=bn norm.groups=8`` fails loudly instead of being silently ignored.
+    """
+
+    name: str = "bn"
+    groups: int | None = None
+    group_size: int | None = None
+    eps: float | None = None
+    momentum: float | None = None
+    eval_stats: str | None = None
+    r_max: float | None = None
+    d_max: float | None = None
+    warmup_steps: int | None = None
+    relax_steps: int | None = None
+    learned_eps: bool | None = None
+
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "name" and v is not None}
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "synthetic"
+    root: str | None = None
+    image_size: int | None = None
+    train_size: int | None = None
+    val_size: int | None = None
+    augment: bool = True
+    download: bool = False
+    bad_images: str = "fail"  # fail | skip (and count) unreadable images
+    workers: int = 0  # DataLoader worker processes per rank
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 0.1  # lr at the reference total batch (the paper: 0.1 per 256 images)
+    reference_batch: int = 256
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    norm_weight_decay: float | None = (
+        None  # None: same as weight_decay (the paper decays gamma/beta)
+    )
+    schedule: str = "step"
+    milestones: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.9])  # fractions of epochs
+    decay: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "wandb"
+    project: str = "normbench"
+    entity: str | None = None
+    mode: str = "offline"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    name: str = "default"  # the experiment: run directories go to <out_dir>/<name>/<cell>
+    batch: int = 32  # images per GPU, the paper's "batch size"
+    gpus: int = 8  # GPUs of the experiment (8 in the paper), real or emulated
+    devices: int | None = None  # processes on this machine; None: every GPU, or 1 on CPU
+    accelerator: str = "auto"
+    backend: str = "auto"
+    seed: int = 0
+    epochs: int = 10
+    amp: str = "none"
+    channels_last: bool = False
+    deterministic: bool = False
+    checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
+    log_every_steps: int = 50
+    out_dir: str = "runs"
+    rerun: bool = False
+    progress: bool = True
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def as_config(cfg: DictConfig | Config) -> Config:
+    """A typed Config object from a (possibly Hydra-composed) DictConfig."""
+    if isinstance(cfg, Config):
+        return cfg
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), _without_hydra(cfg))
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    """The config without Hydra's own node (whose interpolations need a running Hydra app)."""
+    keep = [key for key in cfg if key not in ("hydra", "experiment", "launcher")]
+    return OmegaConf.create(
+        {
+            key: OmegaConf.to_container(cfg[key], resolve=True)
+            if OmegaConf.is_config(cfg[key])
+            else cfg[key]
+            for key in keep
+        }
+    )
+
+
+# ---- derived quantities: one definition each --------------------------------------------------
+
+
+def total_batch(cfg: Config) -> int:
+    return cfg.gpus * cfg.batch
+
+
+def learning_rate(cfg: Config) -> float:
+    """Linear scaling rule of the paper: lr = base_lr x total_batch / 256."""
+    return cfg.optim.base_lr * total_batch(cfg) / cfg.optim.reference_batch
+
+
+def resolve_accelerator(cfg: Config) -> str:
+    if cfg.accelerator == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.accelerator
+
+
+def resolve_devices(cfg: Config) -> int:
+    """Processes to start: every visible GPU (at most `gpus`) or one CPU process by default."""
+    if cfg.devices is not None:
+        return cfg.devices
+    if resolve_accelerator(cfg) == "cuda":
+        available = torch.cuda.device_count()
+        return max(d for d in range(1, min(available, cfg.gpus) + 1) if cfg.gpus % d == 0)
+    return 1
+
+
+def gpus_per_device(cfg: Config) -> int:
+    """How many of the experiment's GPUs each process emulates (chunks of `batch` samples)."""
+    return cfg.gpus // resolve_devices(cfg)
+
+
+# ---- validation: everything a user can get wrong, one line each -------------------------------
+
+
+def _one_of(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"{what}={value!r} is not allowed (allowed: {', '.join(allowed)})")
+
+
+def _positive(what: str, value: int | float) -> None:
+    if value < 1:
+        raise UserError(f"{what}={value} must be >= 1")
+
+
+def validate(cfg: Config) -> None:
+    """Refuse impossible configs before anything is written. Raises UserError."""
+    from normbench.data import list_datasets
+    from normbench.models import build_model, list_models
+    from normbench.norms import get_norm_spec
+
+    _positive("batch", cfg.batch)
+    _positive("gpus", cfg.gpus)
+    _positive("epochs", cfg.epochs)
+    _one_of("amp", cfg.amp, AMP_MODES)
+    _one_of("accelerator", cfg.accelerator, ACCELERATORS)
+    _one_of("backend", cfg.backend, BACKENDS)
+    _one_of("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    _one_of("logger.kind", cfg.logger.kind, LOGGERS)
+    _one_of("logger.mode", cfg.logger.mode, WANDB_MODES)
+    _one_of("dataset.bad_images", cfg.dataset.bad_images, BAD_IMAGE_POLICIES)
+    _one_of("model.name", cfg.model.name, tuple(name for name, _ in list_models()))
+    _one_of("dataset.name", cfg.dataset.name, tuple(name for name, _ in list_datasets()))
+    get_norm_spec(cfg.norm.name)  # unknown norm -> UserError listing the norms
+
+    accelerator = resolve_accelerator(cfg)
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise UserError("accelerator=cuda but no CUDA device is visible (allowed here: cpu, auto)")
+    if cfg.backend == "nccl" and accelerator != "cuda":
+        raise UserError("backend=nccl needs CUDA devices; on CPU use backend=gloo (or auto)")
+    if cfg.amp != "none" and accelerator != "cuda":
+        raise UserError(f"amp={cfg.amp} is for GPUs; on CPU use amp=none")
+    devices = resolve_devices(cfg)
+    _positive("devices", devices)
+    if cfg.gpus % devices:
+        allowed = [d for d in range(1, cfg.gpus + 1) if cfg.gpus % d == 0]
+        raise UserError(
+            f"gpus={cfg.gpus} is not a multiple of devices={devices} "
+            f"(allowed devices: {', '.join(map(str, allowed))})"
+        )
+    if accelerator == "cuda" and devices > torch.cuda.device_count():
+        raise UserError(
+            f"devices={devices} but only {torch.cuda.device_count()} CUDA devices are visible"
+        )
+    # Building the network on the meta device checks every norm option against every layer
+    # (e.g. groups that do not divide a width) without allocating memory.
+    with torch.device("meta"):
+        build_model(
+            cfg.model.name,
+            norm=cfg.norm.name,
+            num_classes=10,
+            in_channels=3,
+            ws=cfg.model.ws,
+            zero_init_last_norm=False,
+            width=cfg.model.width,
+            norm_options=cfg.norm.options(),
+        )

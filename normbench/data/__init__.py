@@ -1,0 +1,207 @@
+"""Datasets: one builder per dataset, all behind :func:`build_datasets`.
+
+Every builder returns a :class:`DatasetBundle` whose items are (normalized float image (C, H, W),
+int label). In-memory datasets also fetch whole batches through ``__getitems__``; pass the
+bundle's ``collate_fn`` to the DataLoader so those batches go through unchanged. Train datasets
+have ``set_epoch(epoch)``: augmentation is a function of (seed, epoch, sample index).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from normbench.data.memory import InMemoryImageDataset, collate, subsample
+from normbench.errors import UserError
+
+
+@dataclass
+class DatasetBundle:
+    """A train/val pair and what a model needs to know about it."""
+
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    in_channels: int
+    image_size: int
+    collate_fn: Callable | None
+
+
+@dataclass(frozen=True)
+class _Request:
+    """build_datasets' arguments, passed whole to each builder."""
+
+    root: str | None
+    seed: int
+    image_size: int | None
+    train_size: int | None
+    val_size: int | None
+    augment: bool
+    download: bool
+    bad_images: str
+
+
+BAD_IMAGE_POLICIES = ("fail", "skip")
+
+
+def _build_synthetic(req: _Request) -> DatasetBundle:
+    from normbench.data import synthetic
+
+    size = req.image_size or 32
+    if size < 8:
+        raise UserError(f"image_size {size} too small for synthetic (allowed: >= 8)")
+    n_train = 20000 if req.train_size is None else req.train_size
+    n_val = 5000 if req.val_size is None else req.val_size
+    for what, n in (("train_size", n_train), ("val_size", n_val)):
+        if n <= 0:
+            raise UserError(f"{what} {n} out of range (allowed: >= 1)")
+    train_x, train_y = synthetic.generate(n_train, size, req.seed, "train")
+    val_x, val_y = synthetic.generate(n_val, size, req.seed, "val")
+    pad = max(1, size // 8)
+    return _in_memory_bundle(
+        (train_x, train_y), (val_x, val_y), synthetic.MEAN, synthetic.STD, pad, req,
+        num_classes=synthetic.NUM_CLASSES,
+    )  # fmt: skip
+
+
+def _build_fashion_mnist(req: _Request) -> DatasetBundle:
+    from normbench.data import fashion_mnist
+
+    (train_x, train_y), (val_x, val_y) = fashion_mnist.load(req.root)
+    size = req.image_size or fashion_mnist.IMAGE_SIZE
+    train_x, val_x = fashion_mnist.fit_size(train_x, size), fashion_mnist.fit_size(val_x, size)
+    pad = max(1, round(size / 14))  # 2 pixels at 28 x 28
+    train, val = _subsample_pair((train_x, train_y), (val_x, val_y), req)
+    return _in_memory_bundle(
+        train, val, fashion_mnist.MEAN, fashion_mnist.STD, pad, req,
+        num_classes=fashion_mnist.NUM_CLASSES,
+    )  # fmt: skip
+
+
+def _cifar_builder(variant: str) -> Callable[[_Request], DatasetBundle]:
+    def build(req: _Request) -> DatasetBundle:
+        from normbench.data import cifar
+
+        root = req.root or default_root()
+        (train_x, train_y), (val_x, val_y) = cifar.load(variant, root, download=req.download)
+        size = req.image_size or cifar.IMAGE_SIZE
+        train_x, val_x = cifar.resize_uint8(train_x, size), cifar.resize_uint8(val_x, size)
+        mean, std, num_classes = cifar.STATS[variant]
+        train, val = _subsample_pair((train_x, train_y), (val_x, val_y), req)
+        pad = max(1, size // 8)  # 4 pixels at 32 x 32
+        return _in_memory_bundle(train, val, mean, std, pad, req, num_classes=num_classes)
+
+    return build
+
+
+def _build_imagenet(req: _Request) -> DatasetBundle:
+    from normbench.data import imagenet
+
+    root = req.root or os.path.join(default_root(), "imagenet")
+    size = req.image_size or imagenet.IMAGE_SIZE
+    train, val = imagenet.build(
+        root, size, seed=req.seed, augment=req.augment, bad_images=req.bad_images,
+        train_size=req.train_size, val_size=req.val_size,
+    )  # fmt: skip
+    return DatasetBundle(train, val, len(train.classes), 3, size, collate)
+
+
+_BUILDERS: dict[str, tuple[Callable[[_Request], DatasetBundle], str]] = {
+    "synthetic": (
+        _build_synthetic,
+        "generated 10-class shapes under photometric nuisances, 32x32 RGB, 20k/5k (no files)",
+    ),
+    "fashion_mnist": (
+        _build_fashion_mnist,
+        "Fashion-MNIST, 10 classes, 28x28 grey, 60k/10k (IDX files; Debian dataset-fashion-mnist)",
+    ),
+    "cifar10": (_cifar_builder("cifar10"), "CIFAR-10, 10 classes, 32x32 RGB, 50k/10k (torchvision)"),
+    "cifar100": (
+        _cifar_builder("cifar100"),
+        "CIFAR-100, 100 classes, 32x32 RGB, 50k/10k (torchvision)",
+    ),
+    "imagenet": (
+        _build_imagenet,
+        "ImageNet-style folders root/train/<class>/*, root/val/<class>/*, 224x224 crops",
+    ),
+}
+
+
+def list_datasets() -> list[tuple[str, str]]:
+    """(name, one-line description) of every dataset, sorted by name."""
+    return sorted((name, desc) for name, (_, desc) in _BUILDERS.items())
+
+
+def default_root() -> str:
+    """Where datasets are looked for when no root is given: $NORMBENCH_DATA or ~/.cache."""
+    return os.environ.get("NORMBENCH_DATA") or str(Path.home() / ".cache" / "normbench" / "data")
+
+
+def build_datasets(
+    name: str,
+    root: str | None,
+    *,
+    seed: int,
+    image_size: int | None,
+    train_size: int | None,
+    val_size: int | None,
+    augment: bool,
+    download: bool,
+    bad_images: str,
+) -> DatasetBundle:
+    """Build the train and validation datasets called ``name``.
+
+    ``root``: where the files are (None: the dataset's default places). ``seed`` fixes synthetic
+    data, subsets and augmentation. ``image_size``/``train_size``/``val_size``: None keeps the
+    dataset's own. ``download``: fetch missing CIFAR files. ``bad_images``: what ImageFolder data
+    does with unreadable files, "fail" or "skip".
+    """
+    if name not in _BUILDERS:
+        raise UserError(f"unknown dataset '{name}' (allowed: {', '.join(sorted(_BUILDERS))})")
+    if bad_images not in BAD_IMAGE_POLICIES:
+        raise UserError(
+            f"unknown bad_images '{bad_images}' (allowed: {', '.join(BAD_IMAGE_POLICIES)})"
+        )
+    if image_size is not None and image_size <= 0:
+        raise UserError(f"image_size {image_size} out of range (allowed: >= 1)")
+    req = _Request(root, seed, image_size, train_size, val_size, augment, download, bad_images)
+    return _BUILDERS[name][0](req)
+
+
+Arrays = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 labels (N,)
+
+
+def _subsample_pair(train: Arrays, val: Arrays, req: _Request) -> tuple[Arrays, Arrays]:
+    """Seeded subsets of train and val of the requested sizes (None keeps everything)."""
+    out = []
+    for (x, y), size, what, offset in (
+        (train, req.train_size, "train_size", 0),
+        (val, req.val_size, "val_size", 1),
+    ):
+        idx = subsample(len(y), size, req.seed * 2 + offset, what)
+        out.append((x, y) if idx is None else (x[idx], y[idx]))
+    return out[0], out[1]
+
+
+def _in_memory_bundle(
+    train: Arrays,
+    val: Arrays,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    pad: int,
+    req: _Request,
+    *,
+    num_classes: int,
+) -> DatasetBundle:
+    train_ds = InMemoryImageDataset(*train, mean, std, augment=req.augment, pad=pad, seed=req.seed)
+    val_ds = InMemoryImageDataset(*val, mean, std, augment=False, seed=req.seed)
+    channels, size = train[0].shape[1], train[0].shape[-1]
+    return DatasetBundle(train_ds, val_ds, num_classes, channels, size, collate)
+
+
+__all__ = ["DatasetBundle", "build_datasets", "default_root", "list_datasets"]

@@ -1,0 +1,162 @@
+"""A procedurally generated 10-class image dataset: no files, no downloads, deterministic.
+
+Each image shows one object on a cluttered background. The class is the object's outline: a
+closed curve r(theta) = r0 * (1 + a * cos(k * (theta - phi))) with k in {0, 2, 3, 4, 5} lobes
+(disk, oval, trefoil, quatrefoil, pentafoil), drawn either filled or as an outline ring: 5 x 2
+classes. Everything else is a nuisance drawn per image: position, size, rotation and lobe depth;
+object and background colours, an oriented grating on the object, a brightness gradient and
+colour blobs behind it; then a global contrast gain, per-channel colour gains, a brightness
+shift and pixel noise.
+
+Why this shape: the class needs a global, rotation-invariant cue (count the lobes, filled or
+not), so a small ResNet has to learn for a while and does not reach zero error in a few epochs;
+the strong per-image photometric nuisances make the statistics of a small batch swing from batch
+to batch, which is exactly what hurts batch norm at 2 images per GPU and leaves group norm
+(per-sample statistics) untouched.
+
+Images are rendered in chunks of 1000 whose random stream depends only on (seed, split, chunk),
+so a smaller ``train_size`` gives a prefix of a larger one and every chunk is exactly balanced.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from normbench.data.memory import sample_hash
+
+NUM_CLASSES = 10
+CLASS_NAMES = (
+    "disk", "oval", "trefoil", "quatrefoil", "pentafoil",
+    "disk-ring", "oval-ring", "trefoil-ring", "quatrefoil-ring", "pentafoil-ring",
+)  # fmt: skip
+_LOBES = (0, 2, 3, 4, 5)
+_CHUNK = 1000  # images per independently seeded chunk (a multiple of NUM_CLASSES)
+_PIXELS_PER_RENDER = 1 << 22  # bounds the float memory of one rendering step
+_SPLIT_IDS = {"train": 1, "val": 2}
+
+# Per-channel mean and std of the generated uint8 images / 255 (measured over 20000 images).
+MEAN = (0.5000, 0.5000, 0.5000)
+STD = (0.2500, 0.2500, 0.2500)
+
+
+def generate(
+    num_images: int, image_size: int, seed: int, split: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render ``num_images`` images of ``split`` ("train" or "val").
+
+    Returns uint8 images (N, 3, image_size, image_size) and int64 labels (N,).
+    """
+    images = torch.empty(num_images, 3, image_size, image_size, dtype=torch.uint8)
+    labels = torch.empty(num_images, dtype=torch.int64)
+    for chunk, start in enumerate(range(0, num_images, _CHUNK)):
+        chunk_seed = int(sample_hash(seed, _SPLIT_IDS[split], np.array([chunk]))[0] >> 1)
+        gen = torch.Generator().manual_seed(chunk_seed)
+        chunk_images, chunk_labels = _render_chunk(gen, image_size)
+        stop = min(start + _CHUNK, num_images)
+        images[start:stop] = chunk_images[: stop - start]
+        labels[start:stop] = chunk_labels[: stop - start]
+    return images, labels
+
+
+def _uniform(gen: torch.Generator, low: float, high: float, *shape: int) -> torch.Tensor:
+    return torch.rand(shape, generator=gen) * (high - low) + low
+
+
+def _log_uniform(gen: torch.Generator, low: float, high: float, *shape: int) -> torch.Tensor:
+    return _uniform(gen, math.log(low), math.log(high), *shape).exp()
+
+
+def _draw_params(gen: torch.Generator, n: int) -> dict[str, torch.Tensor]:
+    """Every per-image random quantity of one chunk, drawn in a fixed order."""
+    labels = (torch.arange(n) % NUM_CLASSES)[torch.randperm(n, generator=gen)]
+    two_pi = 2 * math.pi
+    bg = _uniform(gen, 0.15, 0.85, n, 3)
+    sign = torch.where(torch.rand(n, 1, generator=gen) < 0.5, -1.0, 1.0)
+    fg = bg + sign * _uniform(gen, 0.2, 0.45, n, 1) + _uniform(gen, -0.15, 0.15, n, 3)
+    return {
+        "labels": labels,
+        "lobes": torch.tensor(_LOBES, dtype=torch.float32)[labels % len(_LOBES)],
+        "ring": (labels >= len(_LOBES)).float(),
+        "cx": _uniform(gen, -0.3, 0.3, n),
+        "cy": _uniform(gen, -0.3, 0.3, n),
+        "r0": _uniform(gen, 0.3, 0.5, n),
+        "depth": _uniform(gen, 0.2, 0.4, n),
+        "rot": _uniform(gen, 0.0, two_pi, n),
+        "ring_width": _uniform(gen, 0.1, 0.18, n),
+        "bg": bg,
+        "fg": fg,
+        "tex_amp": _uniform(gen, 0.0, 0.4, n),
+        "tex_freq": _uniform(gen, 2.0, 6.0, n),
+        "tex_dir": _uniform(gen, 0.0, two_pi, n),
+        "tex_phase": _uniform(gen, 0.0, two_pi, n),
+        "grad_amp": _uniform(gen, 0.0, 0.3, n),
+        "grad_dir": _uniform(gen, 0.0, two_pi, n),
+        "blob_xy": _uniform(gen, -1.0, 1.0, n, 2, 2),
+        "blob_sigma": _uniform(gen, 0.1, 0.3, n, 2),
+        "blob_rgb": _uniform(gen, -0.3, 0.3, n, 2, 3),
+        "gain": _log_uniform(gen, 0.5, 1.6, n),
+        "channel_gain": _log_uniform(gen, 0.75, 1.33, n, 3),
+        "shift": _uniform(gen, -0.2, 0.2, n),
+        "noise": _uniform(gen, 0.02, 0.1, n),
+    }
+
+
+def _render_chunk(gen: torch.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    p = _draw_params(gen, _CHUNK)
+    step = max(1, _PIXELS_PER_RENDER // (size * size))
+    parts = [
+        _render({k: v[i : i + step] for k, v in p.items()}, size, gen)
+        for i in range(0, _CHUNK, step)
+    ]
+    return torch.cat(parts), p["labels"]
+
+
+def _col(v: torch.Tensor) -> torch.Tensor:
+    """(n,) -> (n, 1, 1, 1) for broadcasting against (n, C, H, W)."""
+    return v.view(-1, 1, 1, 1)
+
+
+def _render(p: dict[str, torch.Tensor], size: int, gen: torch.Generator) -> torch.Tensor:
+    """Images (n, 3, size, size) uint8 from the parameters of n images; pixel noise from gen."""
+    n = p["labels"].shape[0]
+    t = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
+    ys, xs = t.view(1, 1, size, 1), t.view(1, 1, 1, size)
+
+    # Object mask: signed radial distance to the outline, softened over about one pixel.
+    dx, dy = xs - _col(p["cx"]), ys - _col(p["cy"])
+    radius = torch.sqrt(dx * dx + dy * dy)
+    theta = torch.atan2(dy, dx)
+    outline = _col(p["r0"]) * (
+        1 + _col(p["depth"]) * torch.cos(_col(p["lobes"]) * (theta - _col(p["rot"])))
+    )
+    sharp = size / 2  # signed distance (image half-widths) -> pixels
+    inside = outline - radius
+    mask = torch.sigmoid(inside * sharp)
+    ring = torch.sigmoid((_col(p["ring_width"]) - inside) * sharp)
+    mask = mask * (1 - _col(p["ring"]) * (1 - ring))
+
+    # Object: flat colour times an oriented grating.
+    along = xs * _col(torch.cos(p["tex_dir"])) + ys * _col(torch.sin(p["tex_dir"]))
+    grating = 1 + _col(p["tex_amp"]) * torch.sin(
+        math.pi * _col(p["tex_freq"]) * along + _col(p["tex_phase"])
+    )
+    fg = p["fg"].view(n, 3, 1, 1) * grating
+
+    # Background: flat colour, a linear brightness gradient and two coloured Gaussian blobs.
+    slope = xs * _col(torch.cos(p["grad_dir"])) + ys * _col(torch.sin(p["grad_dir"]))
+    bg = p["bg"].view(n, 3, 1, 1) + _col(p["grad_amp"]) * slope
+    for b in range(p["blob_xy"].shape[1]):
+        bx, by = p["blob_xy"][:, b, 0], p["blob_xy"][:, b, 1]
+        d2 = (xs - _col(bx)) ** 2 + (ys - _col(by)) ** 2
+        bump = torch.exp(-d2 / (2 * _col(p["blob_sigma"][:, b]) ** 2))
+        bg = bg + p["blob_rgb"][:, b].view(n, 3, 1, 1) * bump
+
+    img = bg * (1 - mask) + fg * mask
+    # Photometric nuisances: these make batch statistics of a few images swing widely.
+    gain = _col(p["gain"]) * p["channel_gain"].view(n, 3, 1, 1)
+    img = (img - 0.5) * gain + 0.5 + _col(p["shift"])
+    img = img + _col(p["noise"]) * torch.randn(img.shape, generator=gen)
+    return img.clamp_(0, 1).mul_(255).round_().to(torch.uint8)

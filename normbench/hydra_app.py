@@ -1,0 +1,130 @@
+"""Hydra, in the parent process only: compose configs, expand sweeps, launch one job per cell.
+
+`compose` turns command-line overrides into a validated config without running anything;
+Hydra's errors (an unknown key, a wrong type, an unknown config group option) become one-line
+UserErrors. `multirun` hands the overrides to Hydra's multirun machinery, whose launcher plugin
+(basic, submitit local or SLURM) runs :func:`normbench.job.run_cell` for every cell.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
+
+from normbench.config import register_configs
+from normbench.errors import UserError
+from normbench.track.rundir import cell_name, split_override_dirname
+
+CONFIG_MODULE = "normbench.configs"
+SWEEP_TOTAL_ENV = "NORMBENCH_SWEEP_TOTAL"
+
+
+def _register() -> None:
+    register_configs()
+    if not OmegaConf.has_resolver("cell"):
+        OmegaConf.register_new_resolver(
+            "cell",
+            lambda dirname, norm, batch: cell_name(split_override_dirname(dirname), norm, batch),
+        )
+
+
+def _one_line(error: Exception) -> str:
+    """Hydra's messages span lines and hide the cause; keep what was wrong and what is allowed."""
+    options = getattr(error, "options", None)
+    if options:  # an unknown config group option, e.g. norm=gnn
+        first = str(error).strip().splitlines()[0].removeprefix("In 'config': ")
+        return f"{first} (allowed: {', '.join(options)})"
+    cause = error.__cause__ or error
+    text = str(cause).strip()
+    if isinstance(cause, ConfigAttributeError) and "not in" in text:  # a misspelt key
+        key = re.search(r"full_key: (\S+)", text)
+        return f"unknown config key '{key.group(1) if key else text.splitlines()[0]}'"
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [
+        ln
+        for ln in lines
+        if ln
+        and not ln.startswith(("full_key", "reference_type", "object_type", "To append", "Set the"))
+    ]
+    key = re.search(r"full_key: (\S+)", text)
+    message = " ".join(lines) or type(error).__name__
+    return f"{key.group(1)}: {message}" if key and cause is not error else message
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The composed config of one cell (with its `hydra` node), or a UserError."""
+    _register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            return hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise UserError(_one_line(e)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """The cells of a sweep: command-line sweeps and the experiment's hydra.sweeper.params."""
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except HydraException as e:
+        raise UserError(_one_line(e)) from None
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    base = compose(fixed)
+    params = OmegaConf.select(base, "hydra.sweeper.params") or {}
+    given = {o.get_key_element() for o in parsed}
+    grid_lines = [f"{k}={v}" for k, v in params.items() if k not in given] + list(overrides)
+    axes: list[list[str]] = []
+    for override in parser.parse_overrides(grid_lines):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            values = override.sweep_string_iterator()
+            axes.append([f"{key}={v}" for v in values])
+        else:
+            axes.append([override.input_line])
+    return [list(cell) for cell in itertools.product(*axes)]
+
+
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
+def _hydra_job(cfg: DictConfig) -> str:
+    from normbench.job import run_cell
+    from normbench.logs import setup_logging
+
+    setup_logging()
+    num = HydraConfig.get().job.num
+    total = os.environ.get(SWEEP_TOTAL_ENV, "?")
+    overrides = list(HydraConfig.get().overrides.task)
+    norm, batch = cfg.norm.name, cfg.batch
+    print(f"[cell {num + 1}/{total}] {cell_name(overrides, norm, batch)}", flush=True)
+    return run_cell(cfg, overrides)
+
+
+def multirun(overrides: list[str], total: int) -> None:
+    """Run every cell through Hydra's multirun and its configured launcher."""
+    _register()
+    os.environ[SWEEP_TOTAL_ENV] = str(total)
+    argv = sys.argv
+    sys.argv = [argv[0], "--multirun", *overrides]
+    try:
+        _hydra_job()
+    finally:
+        sys.argv = argv
+
+
+def sweep_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.out_dir) / cfg.name

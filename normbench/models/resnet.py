@@ -1,0 +1,225 @@
+"""ResNets whose every norm comes from one factory, and the pieces both ResNet families share.
+
+Both families (torchvision's ImageNet ResNets here, the CIFAR-style ones in
+:mod:`normbench.models.cifar_resnet`) are built from the same three things, which live only here:
+
+* :class:`NormFactory` -- builds each norm layer by name and options through the norm zoo, and the
+  activation that follows a norm;
+* :class:`BasicBlock` / :class:`Bottleneck` -- torchvision's residual blocks with one activation
+  module per position instead of one shared ``relu``;
+* :func:`init_weights` -- the Group Normalization paper's initialisation.
+
+Norms that replace the activation (FRN, whose TLU is its nonlinearity) are placed by giving every
+activation *slot* its own module rather than by rewriting forward functions:
+
+* every norm is built without its activation (FRN with ``tlu=False``);
+* every activation slot -- after a norm inside a block, after the residual addition, after the
+  stem norm -- holds ``factory.activation(channels)``: ``nn.ReLU`` normally, ``TLU(channels)``
+  for a norm that replaces the activation.
+
+So each norm+ReLU pair becomes FRN followed by TLU, the last norm of a block (before the addition)
+and the shortcut's norm are a bare FRN, and the activation after the addition is a TLU with the
+block's output channel count. For BN, GN, ... the modules and the state-dict keys are exactly
+torchvision's (the activations hold no parameters), so torchvision checkpoints still load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import resnet as tv
+
+from normbench.errors import UserError
+from normbench.norms import build_norm, get_norm_spec
+from normbench.norms.frn import TLU
+
+
+class NormFactory:
+    """Builds the norm and activation modules of one model.
+
+    Call it with a channel count to get a norm layer (it is the ``norm_layer`` torchvision's
+    ResNet takes); :meth:`activation` gives the module for an activation slot. A bad norm option
+    becomes a :class:`UserError` prefixed with the model name (the norm zoo's message names the
+    layer width where the width is the problem).
+
+    For a norm that replaces the activation (FRN), the ``tlu`` option chooses the activation
+    slots' module: TLU by default, ``tlu=False`` keeps ReLU (the FRN paper's "FRN without TLU").
+    The norm itself is then always built without TLU, since the slots hold it.
+    """
+
+    def __init__(self, model: str, norm: str, options: Mapping[str, Any] | None = None) -> None:
+        spec = get_norm_spec(norm)
+        norm_options = dict(options or {})
+        self.use_tlu = False
+        if spec.replaces_activation:
+            self.use_tlu = norm_options.pop("tlu", None) is not False
+            norm_options["tlu"] = False
+        self.model = model
+        self.norm = norm
+        self.norm_options = norm_options
+
+    def __call__(self, num_channels: int) -> nn.Module:
+        """A norm layer over ``num_channels`` channels."""
+        try:
+            return build_norm(self.norm, num_channels, **self.norm_options)
+        except UserError as err:
+            # The zoo's messages name the channel count where it matters ("groups=32 does not
+            # divide 16 channels"); the model name says where that layer is.
+            raise UserError(f"{self.model}: {err}") from err
+
+    def activation(self, num_channels: int) -> nn.Module:
+        """The module for an activation slot after a norm or a residual addition."""
+        return TLU(num_channels) if self.use_tlu else nn.ReLU(inplace=True)
+
+
+def _activation(norm_layer: NormFactory | None, num_channels: int) -> nn.Module:
+    """The activation that goes with ``norm_layer`` (ReLU for torchvision's default BN)."""
+    if norm_layer is None:
+        return nn.ReLU(inplace=True)
+    return norm_layer.activation(num_channels)
+
+
+class BasicBlock(tv.BasicBlock):
+    """torchvision's BasicBlock with its two activations as separate modules.
+
+    ``act1`` follows ``bn1``; ``act_out`` follows the residual addition. ``bn2`` is the block's
+    last norm (zero-initialised by :func:`init_weights`).
+    """
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+        norm_layer: NormFactory | None = None,
+    ) -> None:
+        super().__init__(
+            inplanes, planes, stride, downsample, groups, base_width, dilation, norm_layer
+        )
+        del self.relu  # replaced by one module per slot: they differ for TLU
+        self.act1 = _activation(norm_layer, planes)
+        self.act_out = _activation(norm_layer, planes * self.expansion)
+
+    @property
+    def last_norm(self) -> nn.Module:
+        """The norm just before the residual addition."""
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.act_out(out + shortcut)
+
+
+class Bottleneck(tv.Bottleneck):
+    """torchvision's Bottleneck (ResNet v1.5, stride in the 3x3 conv) with separate activations.
+
+    ``act1`` follows ``bn1``, ``act2`` follows ``bn2``, ``act_out`` follows the residual addition.
+    ``bn3`` is the block's last norm.
+    """
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+        norm_layer: NormFactory | None = None,
+    ) -> None:
+        super().__init__(
+            inplanes, planes, stride, downsample, groups, base_width, dilation, norm_layer
+        )
+        del self.relu  # replaced by one module per slot: they differ for TLU
+        width = self.conv1.out_channels
+        self.act1 = _activation(norm_layer, width)
+        self.act2 = _activation(norm_layer, width)
+        self.act_out = _activation(norm_layer, planes * self.expansion)
+
+    @property
+    def last_norm(self) -> nn.Module:
+        """The norm just before the residual addition."""
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.act_out(out + shortcut)
+
+
+RESIDUAL_BLOCKS = (BasicBlock, Bottleneck)
+
+
+def init_weights(model: nn.Module, zero_init_last_norm: bool = True) -> None:
+    """The Group Normalization paper's initialisation, in place.
+
+    Convolutions: He normal (fan_out). Linear layers (the classifier): normal, std 0.01, bias 0.
+    Norms (every other module with a ``weight`` parameter): gamma 1, beta 0. With
+    ``zero_init_last_norm`` the last norm of each residual block gets gamma 0, so every block
+    starts as the identity (or as TLU/ReLU of its shortcut).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.01)
+            nn.init.zeros_(module.bias)
+        elif isinstance(getattr(module, "weight", None), nn.Parameter):
+            nn.init.ones_(module.weight)
+            if isinstance(getattr(module, "bias", None), nn.Parameter):
+                nn.init.zeros_(module.bias)
+    if zero_init_last_norm:
+        for module in model.modules():
+            if isinstance(module, RESIDUAL_BLOCKS):
+                gamma = getattr(module.last_norm, "weight", None)
+                if gamma is not None:
+                    nn.init.zeros_(gamma)
+
+
+# name -> (block, blocks per stage, description)
+TORCHVISION_RESNETS: dict[str, tuple[type[tv.BasicBlock | tv.Bottleneck], list[int], str]] = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2], "ResNet-18 (torchvision, basic blocks) for ImageNet"),
+    "resnet34": (BasicBlock, [3, 4, 6, 3], "ResNet-34 (torchvision, basic blocks) for ImageNet"),
+    "resnet50": (Bottleneck, [3, 4, 6, 3], "ResNet-50 v1.5 (torchvision): the paper's model"),
+    "resnet101": (Bottleneck, [3, 4, 23, 3], "ResNet-101 v1.5 (torchvision) for ImageNet"),
+}
+
+
+def torchvision_resnet(
+    name: str, factory: NormFactory, num_classes: int, in_channels: int
+) -> tv.ResNet:
+    """torchvision's ResNet ``name`` (random weights) with the factory's norms and activations.
+
+    This is what ``torchvision.models.resnet50(weights=None, norm_layer=factory)`` builds, with
+    our blocks (separate activation slots) passed to torchvision's ``ResNet`` directly. The stem
+    activation keeps torchvision's attribute name ``relu`` (a TLU for FRN), and a stem conv for
+    ``in_channels`` replaces the RGB one when needed.
+    """
+    block, layers, _ = TORCHVISION_RESNETS[name]
+    model = tv.ResNet(block, layers, num_classes=num_classes, norm_layer=factory)
+    stem = model.conv1
+    model.relu = factory.activation(stem.out_channels)
+    if in_channels != stem.in_channels:
+        model.conv1 = nn.Conv2d(
+            in_channels,
+            stem.out_channels,
+            kernel_size=stem.kernel_size,
+            stride=stem.stride,
+            padding=stem.padding,
+            bias=False,
+        )
+    return model

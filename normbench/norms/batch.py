@@ -1,0 +1,228 @@
+"""Batch normalization with per-GPU statistics, synchronized BN, and running-stat syncing.
+
+Emulated GPUs: a process that stands in for ``chunks`` GPUs receives ``chunks * b`` samples, and
+emulated GPU ``j`` holds samples ``j, j + chunks, j + 2 * chunks, ...`` -- the same interleaving
+``DistributedSampler`` uses to split a global batch between ranks, so an emulated run and a real
+multi-GPU run normalize the same samples together.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+EVAL_STATS = ("average", "first")
+
+
+def _distributed() -> bool:
+    """True when a default process group with more than one rank exists."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def fold_chunks(x: torch.Tensor, chunks: int) -> torch.Tensor:
+    """View (N, C, H, W) as (N / chunks, chunks * C, H, W).
+
+    For a contiguous tensor this is a free view in which channel ``j * C + c`` is channel ``c`` of
+    samples ``j, j + chunks, ...``: batch statistics of the folded tensor are the per-emulated-GPU
+    statistics. Other layouts (channels_last, slices) are copied to contiguous first; with
+    ``chunks == 1`` the input is returned as it is.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected a 4-d input (N, C, H, W), got shape {tuple(x.shape)}")
+    if chunks == 1:
+        return x
+    n, c, h, w = x.shape
+    if n % chunks:
+        raise ValueError(
+            f"batch of {n} samples cannot be split between {chunks} emulated GPUs "
+            f"(the batch must be a multiple of {chunks}; drop the last partial batch)"
+        )
+    return x.contiguous().view(n // chunks, chunks * c, h, w)
+
+
+def unfold_chunks(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`fold_chunks`, restoring the shape and memory format of ``like``."""
+    y = y.view(like.shape)
+    if like.is_contiguous() or not like.is_contiguous(memory_format=torch.channels_last):
+        return y
+    return y.contiguous(memory_format=torch.channels_last)
+
+
+def combine_chunks(per_chunk: torch.Tensor, chunks: int, eval_stats: str) -> torch.Tensor:
+    """Reduce a (chunks * C,) statistic to (C,): mean over chunks, or chunk 0's."""
+    per_chunk = per_chunk.view(chunks, -1)
+    return per_chunk.mean(0) if eval_stats == "average" else per_chunk[0]
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training statistics are computed per emulated GPU.
+
+    With ``chunks == 1`` (the default) this is exactly ``nn.BatchNorm2d``. With ``chunks = k``
+    each of the k interleaved sub-batches is normalized with its own mean and variance, and the
+    running statistics become the mean over sub-batches (``eval_stats="average"``) or those of
+    sub-batch 0 (``"first"``), each sub-batch updating its own EMA from the same starting point.
+    Evaluation always uses the running statistics, like BN.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        eval_stats: str = "average",
+    ) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        if eval_stats not in EVAL_STATS:
+            raise ValueError(f"eval_stats must be one of {EVAL_STATS}, got {eval_stats!r}")
+        self.eval_stats = eval_stats
+        self.chunks = 1
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, eval_stats={self.eval_stats}, chunks={self.chunks}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.chunks == 1 or not self.training:
+            return super().forward(x)
+        k = self.chunks
+        return self._folded_batch_norm(x, self.weight.repeat(k), self.bias.repeat(k))
+
+    def _folded_batch_norm(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        """Train-mode BN per emulated GPU in one fused call, updating the running statistics.
+
+        ``weight`` and ``bias`` have one entry per (chunk, channel), i.e. ``chunks * C``.
+        """
+        k = self.chunks
+        running_mean, running_var = self.running_mean, self.running_var
+        if k > 1:
+            # Every sub-batch starts its EMA from the shared running stats; the EMA is linear, so
+            # the mean (or chunk 0) of the k updated copies is the combined update.
+            running_mean, running_var = running_mean.repeat(k), running_var.repeat(k)
+        y = F.batch_norm(
+            fold_chunks(x, k),
+            running_mean,
+            running_var,
+            weight,
+            bias,
+            True,
+            self.momentum,
+            self.eps,
+        )
+        with torch.no_grad():
+            if k > 1:
+                self.running_mean.copy_(combine_chunks(running_mean, k, self.eval_stats))
+                self.running_var.copy_(combine_chunks(running_var, k, self.eval_stats))
+            self.num_batches_tracked.add_(1)
+        return unfold_chunks(y, x)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over ranks: the gradient of a sum is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BN whose training statistics cover the whole local batch on every rank.
+
+    Without a process group (or with one rank) this is ``nn.BatchNorm2d``. Otherwise per-channel
+    sums, sums of squares and the sample count are summed over ranks in one differentiable
+    all-reduce; the running variance uses the unbiased estimate with the global count. It never
+    splits the batch into emulated GPUs: synchronized BN means statistics over all GPUs.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not _distributed():
+            return super().forward(x)
+        self._check_input_dim(x)
+        # Sums of squares lose precision in half precision: accumulate in at least float32.
+        acc = x if x.dtype == torch.float64 else x.float()
+        c = x.shape[1]
+        count = torch.full((1,), x.numel() // c, dtype=acc.dtype, device=x.device)
+        stats = torch.cat([acc.sum((0, 2, 3)), acc.square().sum((0, 2, 3)), count])
+        stats = _AllReduceSum.apply(stats)
+        total, total_sq, n = stats[:c], stats[c : 2 * c], stats[2 * c]
+        mean = total / n
+        var = (total_sq / n - mean.square()).clamp_min(0)
+        with torch.no_grad():
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            unbiased = var.detach() * (n / (n - 1).clamp_min(1))
+            self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
+            self.num_batches_tracked.add_(1)
+        scale = torch.rsqrt(var + self.eps) * self.weight
+        shift = self.bias - mean * scale
+        y = acc * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1)
+        return y.to(x.dtype)
+
+
+def set_emulated_gpus(model: nn.Module, chunks: int) -> None:
+    """Make every per-GPU batch norm in ``model`` compute statistics per chunk of the batch.
+
+    A process holding ``chunks`` emulated GPUs receives ``chunks * b`` samples; emulated GPU j
+    gets samples j, j + chunks, ... Synchronized BN and batch-independent norms are unaffected.
+    """
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+        raise ValueError(f"chunks must be a positive integer, got {chunks!r}")
+    for module in model.modules():
+        if isinstance(module, BatchNorm2d):
+            module.chunks = chunks
+
+
+def sync_running_stats(model: nn.Module) -> None:
+    """Make running statistics of every batch norm in ``model`` agree across ranks.
+
+    Layers with ``eval_stats="first"`` take rank 0's statistics (what DDP's buffer broadcast
+    gives); all others (including plain and synchronized BN) take the mean over ranks. No-op
+    without a process group. Every rank must call it (it is a collective).
+    """
+    if not _distributed():
+        return
+    average: list[torch.Tensor] = []
+    first: list[torch.Tensor] = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            bucket = first if getattr(module, "eval_stats", "average") == "first" else average
+            bucket += [module.running_mean, module.running_var]
+    world = dist.get_world_size()
+    for group in _by_device_and_dtype(average):
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.all_reduce(flat)
+        _scatter_back(flat / world, group)
+    for group in _by_device_and_dtype(first):
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.broadcast(flat, src=0)
+        _scatter_back(flat, group)
+
+
+def _by_device_and_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Group tensors so each group can travel as one flat buffer (one collective per group)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return list(groups.values())
+
+
+def _scatter_back(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    """Copy consecutive slices of ``flat`` back into ``tensors`` in place."""
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()

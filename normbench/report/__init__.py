@@ -1,0 +1,267 @@
+"""The report of a sweep: a pure function of its run directories (runs/<experiment>/<cell>/).
+
+    report = build_report(Path("runs/batch_sweep"))      # writes runs/batch_sweep/report/
+    print(format_report(report))
+
+Writes report.md, cells.csv, per layout <key>_ours.csv / <key>_paper.csv / <key>_delta.csv,
+error_vs_<key>.png, and curves/<cell>.png. Run directories are only read; every output file is
+written to a temporary name and renamed into place, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from normbench.report.collect import collect_runs, median_last, read_history
+from normbench.report.plots import figure_png, plot_sweep, plot_training_curves
+from normbench.report.tables import (
+    DIFF_ROW,
+    METRICS,
+    VS_BN_ROW,
+    Table,
+    build_tables,
+    check_metric,
+    format_number_frame,
+    markdown_table,
+)
+
+__all__ = [
+    "Report",
+    "Table",
+    "build_report",
+    "collect_runs",
+    "format_report",
+    "median_last",
+    "write_atomic",
+]
+
+COMPARABILITY_NOTE = (
+    "Absolute errors are not comparable with the paper's: the paper trains ResNet-50 on "
+    "ImageNet for 100 epochs, a CPU sweep trains a small ResNet on a mini dataset. What should "
+    "reproduce is the shape of the curves (BN's error rising as images per GPU shrink, GN "
+    "staying flat; the ordering of the norms; GN's insensitivity to the group setting), so "
+    "read the delta tables for the difference rows and the trends, not for the absolute offset."
+)
+STATUS_WORDS = {
+    "finished": "finished",
+    "diverged": "diverged",
+    "failed": "failed",
+    "unfinished": "running/unfinished",
+}
+
+
+@dataclass(frozen=True)
+class Report:
+    """What build_report read and wrote."""
+
+    experiment: str
+    sweep_dir: Path
+    out_dir: Path
+    metric: str
+    cells: pd.DataFrame
+    tables: list[Table]
+    commands: list[str]
+    paths: list[Path]
+
+    @property
+    def unfinished(self) -> list[str]:
+        """Cells without metrics.json (running, or killed before finishing)."""
+        return self.cells.loc[self.cells["status"] == "unfinished", "cell"].tolist()
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename (all or nothing)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _safe_name(cell: str) -> str:
+    """A file name for a cell ("batch=4,norm=gn" -> "batch=4_norm=gn")."""
+    return re.sub(r"[^\w=.+-]+", "_", cell)
+
+
+# ----------------------------------------------------------------------------- content
+
+
+def _experiment_name(cells: pd.DataFrame, sweep_dir: Path) -> str:
+    names = cells["experiment"].dropna()
+    return str(names.mode().iloc[0]) if len(names) else sweep_dir.name
+
+
+def _commands(cells: pd.DataFrame) -> list[str]:
+    """The training commands recorded in metrics.json, one per distinct command."""
+    return list(dict.fromkeys(cells["command"].dropna()))
+
+
+def _versions(cells: pd.DataFrame) -> dict[str, list[str]]:
+    """Package -> the distinct versions recorded across cells."""
+    found: dict[str, list[str]] = {}
+    for text in cells["versions"].dropna():
+        for package, version in json.loads(text).items():
+            found.setdefault(package, [])
+            if str(version) not in found[package]:
+                found[package].append(str(version))
+    return found
+
+
+def _status_line(cells: pd.DataFrame) -> str:
+    counts = cells["status"].value_counts()
+    return ", ".join(f"{counts.get(s, 0)} {w}" for s, w in STATUS_WORDS.items())
+
+
+def _problem_lines(cells: pd.DataFrame) -> list[str]:
+    """One line per cell that did not finish: running/unfinished, diverged or failed."""
+    lines = []
+    for row in cells[cells["status"] != "finished"].itertuples():
+        if row.status == "unfinished":
+            epochs = "?" if pd.isna(row.epochs) else row.epochs
+            detail = f"{row.epochs_done}/{epochs} epochs in history.csv"
+        elif row.status == "diverged":
+            detail = f"at step {row.diverged_at_step}" if not pd.isna(row.diverged_at_step) else ""
+        else:
+            detail = str(row.error or "")
+        lines.append(f"{row.cell}: {STATUS_WORDS[row.status]}" + (f" ({detail})" if detail else ""))
+    return lines
+
+
+def _table_texts(table: Table) -> dict[str, pd.DataFrame]:
+    """Our table, the paper's and the delta as text frames, ready to print."""
+    return {
+        "ours": table.display,
+        "paper": format_number_frame(table.paper, signed_rows=[DIFF_ROW, VS_BN_ROW]),
+        "ours - paper": format_number_frame(table.delta, signed_rows=table.delta.index),
+    }
+
+
+def _machine_lines(cells: pd.DataFrame) -> list[str]:
+    lines = []
+    for column, label in (
+        ("host", "hosts"),
+        ("git_commit", "git commits"),
+        ("devices", "devices"),
+        ("gpus", "GPUs (emulated or real)"),
+    ):
+        values = list(dict.fromkeys(str(v) for v in cells[column].dropna()))
+        if values:
+            lines.append(f"- {label}: {', '.join(values)}")
+    for package, versions in _versions(cells).items():
+        note = " (differs across cells)" if len(versions) > 1 else ""
+        lines.append(f"- {package}: {', '.join(versions)}{note}")
+    return lines
+
+
+def render_markdown(report: Report, images: dict[str, str], curves: dict[str, str]) -> str:
+    """The Markdown report; ``images`` maps a table key and ``curves`` a cell to a PNG path."""
+    cells = report.cells
+    out = [
+        f"# normbench report: {report.experiment}",
+        "",
+        f"Sweep folder: `{report.sweep_dir}`, {len(cells)} cells ({_status_line(cells)}).",
+        f"Metric: `{report.metric}` ({METRICS[report.metric]}), top-1 error in percent; "
+        "several seeds read `mean +- std (n=seeds)` with the sample std; "
+        "cells that did not finish read `diverged`, `failed` or `running`.",
+        "",
+        f"> {COMPARABILITY_NOTE}",
+        "",
+    ]
+    problems = _problem_lines(cells)
+    if problems:
+        out += ["## Cells that did not finish", "", *(f"- `{p}`" for p in problems), ""]
+    for table in report.tables:
+        out += [f"## {table.title}", ""]
+        for name, frame in _table_texts(table).items():
+            out += [f"**{name}**", "", markdown_table(frame, table.column_name), ""]
+        out += [f"Paper source: {'; '.join(table.sources)}.", ""]
+        if table.key in images:
+            out += [f"![{table.title}]({images[table.key]})", ""]
+    if curves:
+        out += ["## Training curves", ""]
+        out += [f"![{cell}]({path})" for cell, path in curves.items()] + [""]
+    out += ["## Commands", "", "```"] + (report.commands or ["(none recorded)"]) + ["```", ""]
+    out += ["## Machine and versions", "", *(_machine_lines(cells) or ["(none recorded)"]), ""]
+    return "\n".join(out)
+
+
+def format_report(report: Report) -> str:
+    """A plain-text summary of a report for the terminal."""
+    cells = report.cells
+    lines = [
+        f"normbench report: {report.experiment} (metric {report.metric})",
+        f"cells: {_status_line(cells)}",
+        *_problem_lines(cells),
+    ]
+    for table in report.tables:
+        lines += ["", table.title]
+        for name, frame in _table_texts(table).items():
+            frame = frame.rename_axis(index=name, columns=table.column_name)
+            lines += [f"{name}:", frame.to_string(na_rep=""), ""]
+    report_md = [p for p in report.paths if p.name == "report.md"]
+    if report_md:
+        lines.append(f"written: {report_md[0]} ({len(report.paths)} files)")
+    return "\n".join(lines)
+
+
+def build_report(
+    sweep_dir: Path, out_dir: Path | None = None, metric: str = "val_error_median5"
+) -> Report:
+    """Read every cell of ``sweep_dir`` and write the report into ``out_dir``.
+
+    ``out_dir`` defaults to ``sweep_dir/"report"``; it is skipped when reading cells.
+    """
+    check_metric(metric)
+    sweep_dir = Path(sweep_dir)
+    out_dir = Path(out_dir) if out_dir is not None else sweep_dir / "report"
+    cells = collect_runs(sweep_dir, exclude=[out_dir])
+    tables = build_tables(cells, metric)
+    (out_dir / "curves").mkdir(parents=True, exist_ok=True)
+    paths = [write_atomic(out_dir / "cells.csv", cells.to_csv(index=False).encode())]
+    images: dict[str, str] = {}
+    for table in tables:
+        for part, frame in (("ours", table.display), ("paper", table.paper),
+                            ("delta", table.delta)):  # fmt: skip
+            csv = frame.to_csv().encode()
+            paths.append(write_atomic(out_dir / f"{table.key}_{part}.csv", csv))
+        if table.key != "norms":  # Table 1's layout has no numeric axis to plot against
+            name = f"error_vs_{table.key}.png"
+            png = figure_png(plot_sweep(table, METRICS[metric]))
+            paths.append(write_atomic(out_dir / name, png))
+            images[table.key] = name
+    curves: dict[str, str] = {}
+    for row in cells.itertuples():
+        history = read_history(Path(row.path))
+        if history is not None and len(history):
+            name = f"curves/{_safe_name(row.cell)}.png"
+            title = row.cell + ("" if row.status == "finished" else f" ({row.status})")
+            figure = plot_training_curves(title, history)
+            paths.append(write_atomic(out_dir / name, figure_png(figure, tight=False)))
+            curves[row.cell] = name
+    report = Report(
+        experiment=_experiment_name(cells, sweep_dir),
+        sweep_dir=sweep_dir,
+        out_dir=out_dir,
+        metric=metric,
+        cells=cells,
+        tables=tables,
+        commands=_commands(cells),
+        paths=paths,
+    )
+    markdown = render_markdown(report, images, curves)
+    report.paths.append(write_atomic(out_dir / "report.md", markdown.encode()))
+    return report

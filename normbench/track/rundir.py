@@ -1,0 +1,151 @@
+"""The run directory: the record of one cell.
+
+    <out_dir>/<experiment>/<cell>/config.yaml    resolved config, written before training
+                                   history.csv    one row per epoch
+                                   metrics.json   written last; its presence means "done"
+                                   checkpoint.pt  latest state, for exact resume
+                                   train.log      rank 0's log
+
+Every file is replaced atomically (temporary file, fsync, rename) so a crash never leaves a
+half-written record, and the report can read a directory while a sweep is writing it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from normbench.errors import UserError
+
+CONFIG = "config.yaml"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+CHECKPOINT = "checkpoint.pt"
+LOG = "train.log"
+LOCK = ".lock"
+
+HISTORY_COLUMNS = (
+    "epoch", "step", "train_loss", "train_error", "val_loss", "val_error",
+    "lr", "images_per_s", "peak_mem_mb", "time_s",
+)  # fmt: skip
+# Statuses that are results: a rerun of the sweep skips them. "failed" cells are retried.
+DONE_STATUSES = ("finished", "diverged")
+
+# Keys that never change the science of a cell, so they stay out of its directory name.
+NON_SCIENCE_KEYS = frozenset({
+    "name", "out_dir", "rerun", "devices", "progress", "experiment", "launcher", "logger",
+    "accelerator", "backend", "log_every_steps", "checkpoint_every_steps",
+})  # fmt: skip
+NON_SCIENCE_PREFIXES = ("logger.", "hydra.", "dataset.root", "dataset.workers", "dataset.download")
+
+
+def _is_science_key(key: str) -> bool:
+    key = key.lstrip("+~")
+    return key not in NON_SCIENCE_KEYS and not key.startswith(NON_SCIENCE_PREFIXES)
+
+
+def cell_overrides(overrides: Iterable[str], norm: str, batch: int) -> dict[str, str]:
+    """The overrides that name a cell, always with its norm and batch, sorted by key."""
+    pairs: dict[str, str] = {}
+    for item in overrides:
+        if not item or "=" not in item:
+            continue
+        key, value = item.split("=", 1)
+        if _is_science_key(key):
+            pairs[key.lstrip("+~")] = value
+    pairs.setdefault("norm", norm)
+    pairs.setdefault("batch", str(batch))
+    return dict(sorted(pairs.items()))
+
+
+def cell_name(overrides: Iterable[str], norm: str, batch: int) -> str:
+    """Directory name of a cell, e.g. ``batch=4,norm=gn``: stable whatever the override order."""
+    return ",".join(f"{k}={v}" for k, v in cell_overrides(overrides, norm, batch).items())
+
+
+def split_override_dirname(dirname: str) -> list[str]:
+    """Hydra's ``job.override_dirname`` ("a=1,b=2") back into overrides."""
+    items: list[str] = []
+    for part in dirname.split(","):
+        if "=" in part or not items:
+            items.append(part)
+        else:  # a value that itself contained a comma
+            items[-1] += "," + part
+    return items
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def write_history(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def finished_status(run_dir: Path) -> str | None:
+    """The status of a cell that has a result ("finished"/"diverged"), else None."""
+    metrics = read_json(run_dir / METRICS)
+    if metrics and metrics.get("status") in DONE_STATUSES:
+        return metrics["status"]
+    return None
+
+
+def archive_result(run_dir: Path) -> Path | None:
+    """Move a previous result aside (``archive/<time>/``) before a forced rerun: never delete it."""
+    names = [n for n in (METRICS, HISTORY, CONFIG, CHECKPOINT, LOG) if (run_dir / n).exists()]
+    if not names:
+        return None
+    target = run_dir / "archive" / time.strftime("%Y%m%d-%H%M%S")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.move(str(run_dir / name), str(target / name))
+    return target
+
+
+def ensure_writable(directory: Path) -> None:
+    """Fail fast, naming the path, when the output directory cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to output directory {directory}: {e.strerror}") from None

@@ -1,0 +1,1 @@
+"""Training: the loop, distributed processes and emulated GPUs, checkpoints, lr schedules."""

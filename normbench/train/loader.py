@@ -1,0 +1,84 @@
+"""Data loaders that keep the paper's per-GPU semantics on any number of processes.
+
+Training: one seeded permutation per epoch, shared by every rank; rank r takes every
+``world_size``-th index from position r (DistributedSampler's split), and its batch holds
+``batch x gpus/world_size`` samples, so emulated GPU j of rank r sees exactly what real GPU
+``r + world_size*j`` would. A resumed epoch skips the batches already trained on.
+
+Validation: every sample exactly once over all ranks, no padding (a padding sampler counts some
+images twice and biases the error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from normbench.data import DatasetBundle
+
+
+class TrainSampler(DistributedSampler):
+    """DistributedSampler (drop_last, shuffled by seed + epoch) that can start mid-epoch."""
+
+    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.skip = 0
+
+    def set_position(self, epoch: int, skip_samples: int) -> None:
+        self.set_epoch(epoch)
+        self.skip = skip_samples
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.skip :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+class ValSampler(Sampler[int]):
+    """This rank's share of the validation set, without padding."""
+
+    def __init__(self, size: int, *, num_replicas: int, rank: int) -> None:
+        self.indices = list(range(rank, size, num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def build_loaders(
+    data: DatasetBundle, *, batch_per_rank: int, world_size: int, rank: int, seed: int,
+    workers: int, pin_memory: bool,
+) -> tuple[DataLoader, DataLoader, TrainSampler]:  # fmt: skip
+    train_sampler = TrainSampler(data.train, num_replicas=world_size, rank=rank, seed=seed)
+    common = {
+        "num_workers": workers,
+        "pin_memory": pin_memory,
+        "collate_fn": data.collate_fn,
+        "persistent_workers": workers > 0,
+    }
+    train = DataLoader(
+        data.train, batch_size=batch_per_rank, sampler=train_sampler, drop_last=True, **common
+    )
+    val_sampler = ValSampler(len(data.val), num_replicas=world_size, rank=rank)
+    val = DataLoader(data.val, batch_size=batch_per_rank, sampler=val_sampler, **common)
+    return train, val, train_sampler
+
+
+def steps_per_epoch(train_size: int, total_batch: int) -> int:
+    """Optimizer steps per epoch: the same for any split of the experiment's GPUs into processes."""
+    return train_size // total_batch
+
+
+def to_device(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, channels_last: bool):
+    images, labels = batch
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = images.to(device, non_blocking=True, memory_format=memory_format)
+    return images, labels.to(device, non_blocking=True)

@@ -1,0 +1,390 @@
+"""One cell, one worker process: build everything from the resolved config, then train.
+
+Read top to bottom it is the log of what is done: config -> process group -> data -> model ->
+optimizer -> (resume) -> epochs of train + evaluate + checkpoint -> metrics. Rank 0 alone writes
+files, logs and shows progress; every rank takes part in the reductions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from normbench.config import Config, as_config, gpus_per_device, learning_rate, total_batch
+from normbench.data import build_datasets
+from normbench.models import build_model
+from normbench.norms import get_norm_spec, set_emulated_gpus, sync_running_stats
+from normbench.track import rundir
+from normbench.track.environment import run_record
+from normbench.track.tracker import open_tracker
+from normbench.train.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
+from normbench.train.distributed import DistEnv, all_reduce_sum, close_process, init_process
+from normbench.train.loader import build_loaders, steps_per_epoch, to_device
+from normbench.train.preempt import PreemptionGuard
+from normbench.train.schedule import build_scheduler
+
+log = logging.getLogger("normbench")
+
+
+class Diverged(Exception):
+    def __init__(self, step: int) -> None:
+        super().__init__(f"loss became NaN or inf at step {step}")
+        self.step = step
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # current epoch (0-based)
+    batch_in_epoch: int = 0  # batches of the current epoch already trained on
+    step: int = 0  # optimizer steps done
+    train_time: float = 0.0  # seconds spent training so far (resumes add up)
+    history: list[dict[str, Any]] | None = None
+
+
+def load_config(run_dir: Path) -> Config:
+    return as_config(OmegaConf.load(run_dir / rundir.CONFIG))
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_optimizer(model: nn.Module, cfg: Config, lr: float) -> torch.optim.SGD:
+    """SGD; weight decay on every weight layer, norm gamma/beta included (the paper's recipe)."""
+    norm_decay = (
+        cfg.optim.weight_decay
+        if cfg.optim.norm_weight_decay is None
+        else (cfg.optim.norm_weight_decay)
+    )
+    norm_params = [p for p in model.parameters() if p.ndim <= 1]  # gamma, beta, tau, biases
+    other = [p for p in model.parameters() if p.ndim > 1]
+    groups = [
+        {"params": other, "weight_decay": cfg.optim.weight_decay},
+        {"params": norm_params, "weight_decay": norm_decay},
+    ]
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
+
+
+def _autocast(cfg: Config, device: torch.device):
+    if cfg.amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, cfg: Config, env: DistEnv) -> tuple[float, float]:
+    """Validation loss and top-1 error (percent) over the whole set, summed across ranks."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss sum, errors, count
+    for batch in loader:
+        images, labels = to_device(batch, env.device, cfg.channels_last)
+        with _autocast(cfg, env.device):
+            logits = model(images)
+        totals[0] += F.cross_entropy(logits.float(), labels, reduction="sum")
+        totals[1] += (logits.argmax(1) != labels).sum()
+        totals[2] += labels.numel()
+    loss_sum, errors, count = all_reduce_sum(totals, env).tolist()
+    return loss_sum / count, 100.0 * errors / count
+
+
+def summarize(history: list[dict[str, Any]]) -> dict[str, float]:
+    """The paper reports the median val error of the last 5 epochs; final and best beside it."""
+    errors = [row["val_error"] for row in history]
+    return {
+        "val_error_final": errors[-1],
+        "val_error_best": min(errors),
+        "val_error_median5": statistics.median(errors[-5:]),
+        "train_error_final": history[-1]["train_error"],
+    }
+
+
+class Trainer:
+    """State of one worker's training run. `run()` is the whole loop."""
+
+    def __init__(self, run_dir: Path, cfg: Config, env: DistEnv) -> None:
+        self.run_dir, self.cfg, self.env = run_dir, cfg, env
+        self.chunks = gpus_per_device(cfg) if env.world_size == 1 else cfg.gpus // env.world_size
+        self.lr = learning_rate(cfg)
+        _seed_everything(cfg.seed, cfg.deterministic)
+
+        self.data = build_datasets(
+            cfg.dataset.name, cfg.dataset.root, seed=cfg.seed, image_size=cfg.dataset.image_size,
+            train_size=cfg.dataset.train_size, val_size=cfg.dataset.val_size,
+            augment=cfg.dataset.augment, download=cfg.dataset.download,
+            bad_images=cfg.dataset.bad_images,
+        )  # fmt: skip
+        self.train_loader, self.val_loader, self.sampler = build_loaders(
+            self.data, batch_per_rank=cfg.batch * self.chunks, world_size=env.world_size,
+            rank=env.rank, seed=cfg.seed, workers=cfg.dataset.workers,
+            pin_memory=env.device.type == "cuda",
+        )  # fmt: skip
+        self.steps_per_epoch = steps_per_epoch(len(self.data.train), total_batch(cfg))
+        if self.steps_per_epoch < 1:
+            from normbench.errors import UserError
+
+            raise UserError(
+                f"total batch {total_batch(cfg)} (gpus x batch) exceeds the {len(self.data.train)} "
+                "training images: lower batch or gpus, or use more data"
+            )
+
+        model = build_model(
+            cfg.model.name, norm=cfg.norm.name, num_classes=self.data.num_classes,
+            in_channels=self.data.in_channels, ws=cfg.model.ws,
+            zero_init_last_norm=cfg.model.zero_init_last_norm, width=cfg.model.width,
+            norm_options=cfg.norm.options(),
+        )  # fmt: skip
+        set_emulated_gpus(model, self.chunks)
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = model.to(env.device, memory_format=memory_format)
+        self.optimizer = build_optimizer(self.model, cfg, self.lr)
+        self.scheduler = build_scheduler(
+            self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs,
+            optim=cfg.optim,
+        )  # fmt: skip
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
+        self.progress = Progress(history=[])
+        self._resume()
+        self.net = self._wrap_ddp(self.model)
+
+    # ---- set-up helpers --------------------------------------------------------------------
+
+    @property
+    def bn_eval_stats(self) -> str:
+        if not get_norm_spec(self.cfg.norm.name).batch_dependent:
+            return "n/a (no batch statistics)"
+        return self.cfg.norm.eval_stats or "average"
+
+    def _wrap_ddp(self, model: nn.Module) -> nn.Module:
+        if self.env.world_size == 1:
+            return model
+        # "first": DDP's default, rank 0's buffers broadcast each forward (what the paper's
+        # 8-GPU setups did). "average": keep every rank's statistics and average before eval.
+        broadcast = self.bn_eval_stats == "first"
+        device_ids = [self.env.local_rank] if self.env.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=broadcast)
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self.run_dir / rundir.CHECKPOINT)
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**state["progress"])
+        restore_rng_state(state["rng"])
+        if self.env.is_main:
+            log.info(
+                "resuming from checkpoint: epoch %d, batch %d, step %d",
+                self.progress.epoch + 1, self.progress.batch_in_epoch, self.progress.step,
+            )  # fmt: skip
+
+    def save(self) -> None:
+        if not self.env.is_main:
+            return
+        save_checkpoint(
+            self.run_dir / rundir.CHECKPOINT,
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "progress": self.progress.__dict__,
+            },
+        )
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def train_epoch(self, tracker, guard: PreemptionGuard) -> dict[str, float]:
+        cfg, env, p = self.cfg, self.env, self.progress
+        self.net.train()
+        self.sampler.set_position(p.epoch, p.batch_in_epoch * self.train_loader.batch_size)
+        if hasattr(self.data.train, "set_epoch"):
+            self.data.train.set_epoch(p.epoch)
+        sums = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss, errors, count
+        window = torch.zeros(2, dtype=torch.float64, device=env.device)  # loss, count since log
+        first_bad = torch.full((), -1, dtype=torch.long, device=env.device)
+        start, images = time.perf_counter(), 0
+        for batch in self.train_loader:
+            x, y = to_device(batch, env.device, cfg.channels_last)
+            with _autocast(cfg, env.device):
+                logits = self.net(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.optim.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            p.step += 1
+            p.batch_in_epoch += 1
+            images += y.numel() * env.world_size
+
+            # Statistics stay on the device: no host sync in the hot path.
+            loss = loss.detach().float()
+            bad = ~torch.isfinite(loss)
+            first_bad = torch.where(bad & (first_bad < 0), p.step, first_bad)
+            n = y.numel()
+            sums += torch.stack(
+                [loss * n, (logits.detach().argmax(1) != y).sum(), loss.new_tensor(n)]
+            )
+            window += torch.stack([loss * n, loss.new_tensor(n)])
+
+            last_batch = p.batch_in_epoch == self.steps_per_epoch
+            if p.step % cfg.log_every_steps == 0 or last_batch:
+                self._check_divergence(first_bad)
+                loss_sum, count = all_reduce_sum(window.clone(), env).tolist()
+                tracker.log(
+                    {
+                        "train/loss": loss_sum / count,
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "epoch": p.epoch + p.batch_in_epoch / self.steps_per_epoch,
+                    },
+                    step=p.step,
+                )
+                window.zero_()
+            if cfg.checkpoint_every_steps and p.step % cfg.checkpoint_every_steps == 0:
+                self._sync_time(start)
+                start = time.perf_counter()
+                self.save()
+            if guard.requested:
+                self._sync_time(start)
+                self.save()
+                guard.exit()
+            if last_batch:
+                break
+        self._sync_time(start)
+        loss_sum, errors, count = all_reduce_sum(sums, env).tolist()
+        return {
+            "train_loss": loss_sum / count,
+            "train_error": 100.0 * errors / count,
+            "images": images,
+        }
+
+    def _sync_time(self, start: float) -> None:
+        self.progress.train_time += time.perf_counter() - start
+
+    def _check_divergence(self, first_bad: torch.Tensor) -> None:
+        flag = first_bad.clamp(min=0).to(torch.float64)
+        step = int(all_reduce_sum(flag, self.env).item())
+        if step > 0:
+            raise Diverged(step)
+
+    def run(self, tracker, guard: PreemptionGuard) -> dict[str, Any]:
+        cfg, env, p = self.cfg, self.env, self.progress
+        while p.epoch < cfg.epochs:
+            epoch_start = time.perf_counter()
+            time_before = p.train_time
+            train = self.train_epoch(tracker, guard)
+            if self.bn_eval_stats == "average":
+                sync_running_stats(self.model)
+            val_loss, val_error = evaluate(self.model, self.val_loader, cfg, env)
+            row = {
+                "epoch": p.epoch + 1,
+                "step": p.step,
+                "train_loss": train["train_loss"],
+                "train_error": train["train_error"],
+                "val_loss": val_loss,
+                "val_error": val_error,
+                "lr": self.scheduler.get_last_lr()[0],
+                "images_per_s": train["images"] / max(p.train_time - time_before, 1e-9),
+                "peak_mem_mb": peak_memory_mb(env.device),
+                "time_s": time.perf_counter() - epoch_start,
+            }
+            p.history.append(row)
+            p.epoch += 1
+            p.batch_in_epoch = 0
+            tracker.log({f"epoch/{k}": v for k, v in row.items()}, step=p.step)
+            if env.is_main:
+                log.info(
+                    "epoch %d/%d  train loss %.4f  train err %.2f%%  val err %.2f%%  "
+                    "lr %.4g  %.0f img/s",
+                    row["epoch"], cfg.epochs, row["train_loss"], row["train_error"],
+                    row["val_error"], row["lr"], row["images_per_s"],
+                )  # fmt: skip
+                rundir.write_history(self.run_dir / rundir.HISTORY, p.history)
+            self.save()
+        return summarize(p.history)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def run_worker(run_dir: str | Path) -> None:
+    """Entry point of every worker process (torchrun, srun, or in-process): train one cell."""
+    from normbench.logs import setup_logging
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir)
+    env = init_process(cfg)
+    setup_logging(run_dir / rundir.LOG if env.is_main else None, rank=env.rank)
+    started = time.time()
+    tracker = None
+    outcome: dict[str, Any] = {"status": "failed", "error": None, "diverged_at_step": None}
+    try:
+        trainer = Trainer(run_dir, cfg, env)
+        tracker = open_tracker(
+            cfg.logger.kind, run_dir, OmegaConf.to_container(OmegaConf.structured(cfg)),
+            experiment=cfg.name, cell_name=run_dir.name,
+            tags=_tags(cfg), rank=env.rank, logger_config=cfg.logger,
+        )  # fmt: skip
+        if env.is_main:
+            log.info(
+                "cell %s: %s + %s on %s | batch/GPU %d x %d GPUs = total %d | %d process(es) x "
+                "%d emulated GPU(s) | lr %.4g | BN eval stats: %s",
+                run_dir.name, cfg.model.name, cfg.norm.name, cfg.dataset.name, cfg.batch,
+                cfg.gpus, total_batch(cfg), env.world_size, trainer.chunks, trainer.lr,
+                trainer.bn_eval_stats,
+            )  # fmt: skip
+        with PreemptionGuard() as guard:
+            try:
+                outcome = {**outcome, **trainer.run(tracker, guard), "status": "finished"}
+            except Diverged as e:
+                log.warning("cell %s diverged: %s", run_dir.name, e)
+                outcome.update(status="diverged", diverged_at_step=e.step, error=str(e))
+        if env.is_main:
+            metrics = {**run_record(cfg, run_dir, env, trainer), **outcome}
+            metrics["wall_time_s"] = time.time() - started
+            rundir.write_json(run_dir / rundir.METRICS, metrics)
+            tracker.summary({k: v for k, v in metrics.items() if k.startswith("val_error")})
+    finally:
+        if tracker is not None:
+            tracker.finish(0 if outcome["status"] != "failed" else 1)
+        close_process()
+
+
+def _tags(cfg: Config) -> dict[str, str]:
+    label = cfg.norm.name + ("+ws" if cfg.model.ws else "")
+    return {"norm": label, "batch": str(cfg.batch), "model": cfg.model.name,
+            "dataset": cfg.dataset.name, "gpus": str(cfg.gpus)}  # fmt: skip

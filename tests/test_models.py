@@ -1,0 +1,208 @@
+"""Tests of the model builders: every model x norm, initialisation, FRN placement, WS, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from normbench.errors import UserError
+from normbench.models import build_model, list_models
+from normbench.models.resnet import RESIDUAL_BLOCKS, Bottleneck
+from normbench.norms import list_norms
+from normbench.norms.frn import TLU
+from normbench.norms.ws import WSConv2d
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+CIFAR = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet56"]
+TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101"]
+NORMS = [spec.name for spec in list_norms()]
+
+
+def _input(model_name: str, in_channels: int = 3) -> torch.Tensor:
+    # torchvision ResNets downsample 32x: 64 px leaves 2x2 maps, enough for per-instance norms.
+    # The CIFAR-style ones take anything from 8 px.
+    size = 64 if model_name in TORCHVISION else 8
+    return torch.randn(2, in_channels, size, size)
+
+
+def _norm_options(model_name: str, norm: str) -> dict | None:
+    # GN's default 32 groups do not divide the CIFAR models' 16-channel layers.
+    return {"groups": 8} if norm == "gn" and model_name in CIFAR else None
+
+
+def _block_out_channels(block: nn.Module) -> int:
+    return (block.conv3 if isinstance(block, Bottleneck) else block.conv2).out_channels
+
+
+def _activation_slots(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
+    """(name, module, channels it follows) for the stem's and every block's activation slot."""
+    slots = [("relu", model.relu, model.conv1.out_channels)]
+    for name, block in model.named_modules():
+        if isinstance(block, RESIDUAL_BLOCKS):
+            inner = block.conv1.out_channels
+            slots.append((f"{name}.act1", block.act1, inner))
+            if isinstance(block, Bottleneck):
+                slots.append((f"{name}.act2", block.act2, inner))
+            slots.append((f"{name}.act_out", block.act_out, _block_out_channels(block)))
+    return slots
+
+
+def test_list_models_names_every_contract_model() -> None:
+    models = dict(list_models())
+    assert set(models) == set(CIFAR + TORCHVISION)
+    assert all(description.strip() for description in models.values())
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("model_name", CIFAR + TORCHVISION)
+def test_every_model_trains_with_every_norm(model_name: str, norm: str) -> None:
+    model = build_model(
+        model_name, norm=norm, num_classes=5, norm_options=_norm_options(model_name, norm)
+    )
+    out = model(_input(model_name))
+    assert out.shape == (2, 5)
+    out.square().mean().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+
+
+def _norm_gammas(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Module name -> gamma of every norm layer (non-conv, non-linear modules with a weight)."""
+    return {
+        name: module.weight
+        for name, module in model.named_modules()
+        if not isinstance(module, (nn.Conv2d, nn.Linear))
+        and isinstance(getattr(module, "weight", None), nn.Parameter)
+    }
+
+
+def _last_norm_names(model: nn.Module) -> set[str]:
+    return {
+        f"{name}.{'bn3' if isinstance(block, Bottleneck) else 'bn2'}"
+        for name, block in model.named_modules()
+        if isinstance(block, RESIDUAL_BLOCKS)
+    }
+
+
+@pytest.mark.parametrize(
+    ("model_name", "norm", "blocks"),
+    [("resnet20", "bn", 9), ("resnet20", "frn", 9), ("resnet50", "gn", 16)],
+)
+def test_zero_init_zeroes_only_the_last_norm_of_each_block(
+    model_name: str, norm: str, blocks: int
+) -> None:
+    model = build_model(model_name, norm=norm, norm_options=_norm_options(model_name, norm))
+    gammas = _norm_gammas(model)
+    last = _last_norm_names(model)
+    assert len(last) == blocks
+    assert last < set(gammas)
+    for name, gamma in gammas.items():
+        expected = 0.0 if name in last else 1.0
+        assert torch.all(gamma == expected), name
+
+
+def test_zero_init_can_be_turned_off() -> None:
+    model = build_model("resnet20", zero_init_last_norm=False)
+    assert all(torch.all(gamma == 1.0) for gamma in _norm_gammas(model).values())
+
+
+def test_paper_init_of_convs_and_classifier() -> None:
+    model = build_model("resnet50", num_classes=1000)
+    assert model.fc.weight.std().item() == pytest.approx(0.01, rel=0.02)
+    assert torch.all(model.fc.bias == 0)
+    # He normal with fan_out: std = sqrt(2 / (out_channels * k * k)).
+    conv = model.layer4[0].conv2
+    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.02)
+
+
+@pytest.mark.parametrize("model_name", ["resnet20", "resnet50"])
+def test_frn_replaces_every_relu_with_a_tlu_in_its_slot(model_name: str) -> None:
+    model = build_model(model_name, norm="frn")
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    slots = _activation_slots(model)
+    for name, module, channels in slots:
+        assert isinstance(module, TLU), name
+        assert module.num_channels == channels, name
+    # No other TLU anywhere: the norms (the last of each block and the shortcuts' included)
+    # are bare FRNs, so nothing follows a norm before the residual addition.
+    assert sum(isinstance(m, TLU) for m in model.modules()) == len(slots)
+
+
+def test_frn_without_tlu_keeps_relu() -> None:
+    model = build_model("resnet20", norm="frn", norm_options={"tlu": False})
+    assert not any(isinstance(m, TLU) for m in model.modules())
+    assert all(isinstance(module, nn.ReLU) for _, module, _ in _activation_slots(model))
+
+
+@pytest.mark.parametrize("model_name", ["resnet20", "resnet18"])
+def test_ws_standardizes_every_conv(model_name: str) -> None:
+    model = build_model(model_name, norm="gn", ws=True, norm_options={"groups": 8})
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs
+    assert all(isinstance(m, WSConv2d) for m in convs)
+    assert model(_input(model_name)).shape == (2, 1000)
+
+
+def test_resnet50_bn_matches_torchvision_parameters() -> None:
+    ours = build_model("resnet50", norm="bn").state_dict()
+    reference = torchvision.models.resnet50(weights=None).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in reference.items()}
+    count = sum(p.numel() for p in build_model("resnet50").parameters())
+    assert count == sum(p.numel() for p in torchvision.models.resnet50().parameters())
+
+
+@pytest.mark.parametrize("model_name", ["resnet18", "resnet50"])
+def test_bn_forward_matches_torchvision_with_same_weights(model_name: str) -> None:
+    ours = build_model(model_name, norm="bn", num_classes=10)
+    reference = getattr(torchvision.models, model_name)(weights=None, num_classes=10)
+    reference.load_state_dict(ours.state_dict())
+    x = _input(model_name)
+    torch.testing.assert_close(ours.eval()(x), reference.eval()(x))
+
+
+def test_unknown_model_names_the_allowed_ones() -> None:
+    with pytest.raises(
+        UserError, match=r"unknown model 'resnet7' \(allowed: resnet8, .*resnet101\)"
+    ):
+        build_model("resnet7")
+
+
+def test_bad_groups_names_model_and_layer_width() -> None:
+    with pytest.raises(UserError, match=r"^resnet20: .*groups=32.*\b16 channels") as info:
+        build_model("resnet20", norm="gn", norm_options={"groups": 32})
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("options", [{"groups": 32}, {"group_size": 16}])
+def test_resnet50_gn_takes_groups_or_group_size(options: dict) -> None:
+    model = build_model("resnet50", norm="gn", num_classes=1000, norm_options=options)
+    stem_norm = model.bn1  # 64 channels: 32 groups of 2, or 4 groups of 16
+    x = torch.randn(2, 64, 4, 4)
+    expected = nn.functional.group_norm(x, 32 if "groups" in options else 4)
+    torch.testing.assert_close(stem_norm(x), expected)
+
+
+def test_in_channels_and_width() -> None:
+    cifar = build_model("resnet20", num_classes=10, in_channels=1, width=8)
+    assert cifar.fc.in_features == 32
+    assert cifar(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    imagenet = build_model("resnet18", num_classes=10, in_channels=1)
+    assert imagenet(_input("resnet18", in_channels=1)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "resnet50", "width": 32}, r"resnet50: width=32"),
+        ({"name": "resnet20", "num_classes": 0}, r"resnet20: num_classes must be"),
+        ({"name": "resnet20", "norm": "gnn"}, r"unknown norm 'gnn'"),
+    ],
+)
+def test_bad_arguments_raise_user_error(kwargs: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        build_model(**kwargs)

@@ -1,0 +1,303 @@
+"""Tests of normbench.report: reading run directories, paper layouts, plots and files."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fixtures_report import (
+    COMMAND,
+    make_ablation_sweep,
+    make_batch_sweep,
+    make_norms_sweep,
+    write_cell,
+)
+
+from normbench.errors import UserError
+from normbench.report import build_report, collect_runs, format_report, median_last, write_atomic
+from normbench.report.collect import errors_from_history, identity_from_cell_name
+from normbench.report.paper import PAPER_TABLES, load_paper_table
+from normbench.report.plots import plot_sweep
+from normbench.report.tables import (
+    DIFF_ROW,
+    METRICS,
+    VS_BN_ROW,
+    build_table,
+    build_tables,
+    paper_table,
+)
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Hash of every file under a folder, to prove the report writes nothing there."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def batch_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_batch_sweep(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def batch_report(batch_sweep: Path, tmp_path_factory: pytest.TempPathFactory):
+    before = _snapshot(batch_sweep)
+    report = build_report(batch_sweep, tmp_path_factory.mktemp("out") / "report")
+    assert _snapshot(batch_sweep) == before, "the report must not touch run directories"
+    return report
+
+
+# ----------------------------------------------------------------------------- collect
+
+
+def test_median_last_takes_the_median_of_the_last_values() -> None:
+    assert median_last([50.0, 40.0, 30.0, 20.0, 10.0, 35.0]) == 30.0
+    assert median_last([50.0, 40.0, 30.0, 20.0, 10.0, 35.0], n=2) == 22.5
+    assert median_last([3.0, float("nan"), 1.0]) == 2.0  # missing epochs are skipped
+    assert math.isnan(median_last([]))
+
+
+def test_errors_from_history() -> None:
+    history = pd.DataFrame({"epoch": range(1, 7), "val_error": [30, 12, 11, 10, 9, 9.5]})
+    assert errors_from_history(history) == {
+        "val_error_final": 9.5,
+        "val_error_best": 9.0,
+        "val_error_median5": 10.0,
+    }
+
+
+def test_identity_from_cell_name() -> None:
+    fields = identity_from_cell_name("batch=4,norm=gn,norm.groups=16,model.ws=true")
+    assert fields == {"batch": 4, "norm": "gn", "groups": 16, "norm_label": "gn"}
+
+
+def test_collect_reads_every_cell_and_its_status(batch_sweep: Path) -> None:
+    cells = collect_runs(batch_sweep).set_index("cell")
+    assert len(cells) == 12
+    assert cells["status"].value_counts().to_dict() == {
+        "finished": 10,
+        "diverged": 1,
+        "unfinished": 1,
+    }
+    unfinished = cells.loc["batch=2,norm=gn,seed=0"]
+    # identified from config.yaml although metrics.json is missing
+    assert (unfinished["norm"], unfinished["batch"], unfinished["groups"]) == ("gn", 2, 32)
+    assert unfinished["epochs_done"] == 3
+    assert cells.loc["batch=2,norm=bn,seed=0", "diverged_at_step"] == 25
+
+
+def test_the_stored_metric_field_is_what_is_read(tmp_path: Path) -> None:
+    sweep = tmp_path / "exp"
+    write_cell(sweep, {"norm": "gn", "batch": 8}, 15.0, stored_median5=14.2)
+    write_cell(sweep, {"norm": "gn", "batch": 4}, 15.0)
+    cells = collect_runs(sweep).set_index("batch")
+    assert cells.loc[8, "val_error_median5"] == 14.2  # not the history's 15.0
+    assert cells.loc[4, "val_error_median5"] == 15.0
+
+
+def test_collect_rejects_missing_or_empty_sweep_folders(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        collect_runs(tmp_path / "nope")
+    (tmp_path / "empty" / "report").mkdir(parents=True)
+    with pytest.raises(UserError, match="no run directories"):
+        collect_runs(tmp_path / "empty")
+
+
+# ----------------------------------------------------------------------------- paper
+
+
+@pytest.mark.parametrize("name", list(PAPER_TABLES))
+def test_paper_tables_load_with_sources(name: str) -> None:
+    table = load_paper_table(name)
+    assert len(table) >= 4
+    assert table["source"].str.startswith("Wu & He 2018").all()
+    assert table["val_error"].between(20, 40).all()
+
+
+def test_paper_batch_table_and_its_difference_row() -> None:
+    paper, sources = paper_table("batch")
+    assert list(paper.columns) == [32, 16, 8, 4, 2]
+    assert list(paper.index) == ["BN", "GN", DIFF_ROW]
+    assert paper.loc["BN", 2] == 34.7
+    # the paper's Table 2 difference row: GN - BN, 0.5 at 32, -10.6 at 2
+    assert paper.loc[DIFF_ROW].round(1).tolist() == [0.5, 0.5, -0.8, -3.1, -10.6]
+    assert sources == ["Wu & He 2018 (arXiv:1803.08494), Table 2 / Figure 1"]
+
+
+def test_unknown_paper_table_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="unknown paper table 'table9'"):
+        load_paper_table("table9")
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def test_batch_sweep_table_layout_and_values(batch_sweep: Path) -> None:
+    (table,) = build_tables(collect_runs(batch_sweep))
+    assert table.key == "batch"
+    assert list(table.mean.columns) == [32, 16, 8, 4, 2]
+    assert list(table.mean.index) == ["BN", "GN", DIFF_ROW]
+    assert table.mean.loc["BN", 16] == 10.5
+    assert table.mean.loc["BN", 32] == 11.0
+    assert table.std.loc["BN", 32] == pytest.approx(math.sqrt(2))
+    assert table.n.loc["BN", 32] == 2
+    assert table.display.loc["BN", 32] == "11.00 +- 1.41 (n=2)"
+    assert table.display.loc["GN", 32] == "13.20 +- 0.28 (n=2)"
+    assert table.display.loc["BN", 16] == "10.50"
+    assert table.display.loc["BN", 2] == "diverged"
+    assert table.display.loc["GN", 2] == "running"
+    assert math.isnan(table.mean.loc["BN", 2])
+    # difference row GN - BN, blank where a side has no number
+    assert table.mean.loc[DIFF_ROW, 4] == pytest.approx(-1.0)
+    assert table.display.loc[DIFF_ROW, 32] == "+2.20"
+    assert table.display.loc[DIFF_ROW, 2] == ""
+    # delta = ours - paper, also for the difference row
+    assert table.delta.loc["BN", 16] == pytest.approx(10.5 - 23.7)
+    assert table.delta.loc[DIFF_ROW, 4] == pytest.approx(-1.0 - (24.2 - 27.3))
+
+
+@pytest.mark.parametrize(
+    ("metric", "offset"), [("val_error_final", -0.5), ("val_error_best", -1.0)]
+)
+def test_final_and_best_metrics(batch_sweep: Path, metric: str, offset: float) -> None:
+    table = build_table(collect_runs(batch_sweep), "batch", metric)
+    assert table.mean.loc["BN", 16] == pytest.approx(10.5 + offset)
+    assert METRICS[metric] in table.title
+
+
+def test_unknown_metric_is_a_user_error(batch_sweep: Path) -> None:
+    with pytest.raises(UserError, match="unknown metric 'val_acc'"):
+        build_report(batch_sweep, metric="val_acc")
+
+
+def test_batch_columns_missing_from_the_paper_are_blank(tmp_path: Path) -> None:
+    sweep = tmp_path / "wide"
+    for batch, target in ((64, 9.0), (32, 10.0)):
+        write_cell(sweep, {"norm": "bn", "batch": batch}, target)
+    (table,) = build_tables(collect_runs(sweep))
+    assert list(table.mean.columns) == [64, 32]
+    assert list(table.mean.index) == ["BN"]  # no GN: no difference row
+    assert math.isnan(table.delta.loc["BN", 64])
+    assert table.delta.loc["BN", 32] == pytest.approx(10.0 - 23.6)
+
+
+def test_failed_seed_beside_a_finished_one_is_named(tmp_path: Path) -> None:
+    sweep = tmp_path / "mixed"
+    write_cell(sweep, {"norm": "gn", "batch": 4, "seed": 0}, 12.0)
+    write_cell(sweep, {"norm": "gn", "batch": 4, "seed": 1}, status="failed")
+    write_cell(sweep, {"norm": "gn", "batch": 8, "seed": 0}, 12.5)
+    (table,) = build_tables(collect_runs(sweep))
+    assert table.display.loc["GN", 4] == "12.00 (1 failed)"
+
+
+def test_ablation_sweep_gives_groups_and_channels_per_group_tables(tmp_path: Path) -> None:
+    groups, group_size = build_tables(collect_runs(make_ablation_sweep(tmp_path)))
+    assert (groups.key, group_size.key) == ("groups", "group_size")
+    assert list(groups.mean.columns) == [64, 32, 1]  # LN is the G=1 endpoint
+    assert groups.mean.loc["GN"].tolist() == [20.4, 20.0, 22.0]
+    assert groups.delta.loc["GN", 32] == pytest.approx(20.0 - 24.1)
+    assert groups.delta.loc["GN", 1] == pytest.approx(22.0 - 25.3)
+    assert list(group_size.mean.columns) == [16, 4, 1]
+    assert group_size.mean.loc["GN", 1] == 26.0
+    assert group_size.delta.loc["GN", 4] == pytest.approx(20.6 - 24.8)
+    assert list(group_size.paper.columns) == [64, 32, 16, 8, 4, 2, 1]
+
+
+def test_norms_sweep_gives_the_table1_layout(tmp_path: Path) -> None:
+    (table,) = build_tables(collect_runs(make_norms_sweep(tmp_path)))
+    assert table.key == "norms"
+    assert list(table.mean.columns) == ["BN", "LN", "IN", "GN", "GN+WS"]
+    assert list(table.mean.index) == ["error", VS_BN_ROW]
+    assert table.display.loc["error", "IN"] == "failed"
+    assert table.mean.loc[VS_BN_ROW, "LN"] == pytest.approx(2.0)
+    assert table.paper.loc[VS_BN_ROW, "LN"] == pytest.approx(1.7)
+    assert table.delta.loc["error", "GN"] == pytest.approx(11.0 - 24.1)
+    assert math.isnan(table.delta.loc["error", "GN+WS"])  # not in the paper
+    assert "32 images per GPU" in table.title
+
+
+# ----------------------------------------------------------------------------- plots and files
+
+
+def test_batch_plot_reads_32_to_2_with_the_paper_on_a_second_axis(batch_sweep: Path) -> None:
+    (table,) = build_tables(collect_runs(batch_sweep))
+    ours_ax, paper_ax = plot_sweep(table, "val error").get_axes()
+    assert ours_ax.get_xscale() == "log" and ours_ax.xaxis_inverted()
+    assert [t.get_text() for t in ours_ax.get_xticklabels()] == ["2", "4", "8", "16", "32"]
+    paper_lines = {line.get_label(): line for line in paper_ax.get_lines()}
+    assert set(paper_lines) == {"BN (paper, right axis)", "GN (paper, right axis)"}
+    assert paper_lines["BN (paper, right axis)"].get_linestyle() == "--"
+    assert list(paper_lines["BN (paper, right axis)"].get_ydata()) == [23.6, 23.7, 24.8, 27.3, 34.7]
+    diverged = [line for line in ours_ax.get_lines() if "diverged" in line.get_label()]
+    assert [list(line.get_xdata()) for line in diverged] == [[2]]
+
+
+def test_write_atomic_keeps_the_old_file_when_writing_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "report.md"
+    target.write_text("old")
+
+    def crash(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, b"new")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
+
+
+def test_report_files_are_written_and_non_empty(batch_report) -> None:
+    names = {str(p.relative_to(batch_report.out_dir)) for p in batch_report.paths}
+    assert {"report.md", "cells.csv", "batch_ours.csv", "batch_paper.csv", "batch_delta.csv",
+            "error_vs_batch.png", "curves/batch=4_norm=gn_seed=0.png"} <= names  # fmt: skip
+    assert len([n for n in names if n.startswith("curves/")]) == 12
+    for path in batch_report.paths:
+        assert path.stat().st_size > 0
+    pngs = [p for p in batch_report.paths if p.suffix == ".png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
+    assert not list(batch_report.out_dir.rglob("*.tmp"))
+
+
+def test_report_csvs_hold_the_tables(batch_report) -> None:
+    ours = pd.read_csv(batch_report.out_dir / "batch_ours.csv", index_col=0)
+    assert ours.loc["BN", "2"] == "diverged"
+    cells = pd.read_csv(batch_report.out_dir / "cells.csv")
+    assert len(cells) == 12
+
+
+def test_markdown_report_content(batch_report) -> None:
+    text = (batch_report.out_dir / "report.md").read_text()
+    assert text.startswith("# normbench report: batch_sweep")
+    assert "not comparable" in text
+    assert text.count(COMMAND.format(name="batch_sweep")) == 1  # deduplicated
+    assert "| BN | 11.00 +- 1.41 (n=2) |" in text
+    assert "running/unfinished" in text and "batch=2,norm=gn,seed=0" in text
+    assert "![" in text and "(error_vs_batch.png)" in text
+    assert "torch: 2.5.0" in text and "testhost" in text
+    assert "Table 2 / Figure 1" in text
+
+
+def test_format_report_prints_the_rows(batch_report) -> None:
+    text = format_report(batch_report)
+    for expected in ("batch_sweep", "BN", "GN", DIFF_ROW, "diverged", "running",
+                     "11.00 +- 1.41 (n=2)", "paper", "ours - paper", "report.md"):  # fmt: skip
+        assert expected in text
+    assert batch_report.unfinished == ["batch=2,norm=gn,seed=0"]
+
+
+def test_default_out_dir_is_inside_the_sweep_and_is_not_read_as_a_cell(tmp_path: Path) -> None:
+    sweep = make_norms_sweep(tmp_path)
+    first = build_report(sweep)
+    second = build_report(sweep)  # report/ now exists beside the cells
+    assert first.out_dir == sweep / "report"
+    assert len(second.cells) == len(first.cells) == 5
+    assert (sweep / "report" / "norms_delta.csv").stat().st_size > 0
