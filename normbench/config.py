@@ -39,8 +39,8 @@ class ModelConfig:
 class NormConfig:
     """Every option any norm takes; None means the norm's own default.
 
-    An option set for a norm that does not take it is refused by the norm registry, so
-    ``norm=bn norm.groups=8`` fails loudly instead of being silently ignored.
+    Options apply to the norms that take them, so a sweep can say ``norm=bn,gn norm.groups=8``
+    (GN with 8 groups, BN untouched). Each cell's log line names the options its norm used.
     """
 
     name: str = "bn"
@@ -56,7 +56,11 @@ class NormConfig:
     learned_eps: bool | None = None
 
     def options(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "name" and v is not None}
+        """The options set for this norm (None values and other norms' options left out)."""
+        from normbench.norms import get_norm_spec
+
+        accepted = get_norm_spec(self.name).options
+        return {k: v for k, v in self.__dict__.items() if k in accepted and v is not None}
 
 
 @dataclass

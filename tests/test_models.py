@@ -9,16 +9,26 @@ from torch import nn
 
 from normbench.errors import UserError
 from normbench.models import build_model, list_models
-from normbench.models.resnet import RESIDUAL_BLOCKS, Bottleneck
-from normbench.norms import list_norms
+from normbench.models.resnet import RESIDUAL_BLOCKS, BasicBlock, Bottleneck
+from normbench.norms import build_norm, list_norms
 from normbench.norms.frn import TLU
 from normbench.norms.ws import WSConv2d
-
-torch.set_num_threads(min(2, torch.get_num_threads()))
 
 CIFAR = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet56"]
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101"]
 NORMS = [spec.name for spec in list_norms()]
+# Real forward/backward with every norm on one model per block type and family; resnet34/101
+# only repeat resnet18/50's blocks, so they train with BN and are built (on meta) with the rest.
+TRAINED_WITH_EVERY_NORM = [*CIFAR, "resnet18", "resnet50"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny inputs: thread start-up and contention cost more than they give on shared cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _input(model_name: str, in_channels: int = 3) -> torch.Tensor:
@@ -50,15 +60,47 @@ def _activation_slots(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
     return slots
 
 
+def test_blocks_are_torchvision_drop_ins() -> None:
+    # Without our factory the blocks behave like torchvision's: BatchNorm2d and ReLU.
+    model = torchvision.models.resnet.ResNet(BasicBlock, [1, 1, 1, 1], num_classes=3)
+    assert isinstance(model.layer1[0].act1, nn.ReLU)
+    assert model(_input("resnet18")).shape == (2, 3)
+
+
 def test_list_models_names_every_contract_model() -> None:
     models = dict(list_models())
     assert set(models) == set(CIFAR + TORCHVISION)
     assert all(description.strip() for description in models.values())
 
 
+def _norm_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Module name -> every norm layer (the non-conv, non-linear modules with a weight)."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if not isinstance(module, (nn.Conv2d, nn.Linear))
+        and isinstance(getattr(module, "weight", None), nn.Parameter)
+    }
+
+
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("model_name", CIFAR + TORCHVISION)
-def test_every_model_trains_with_every_norm(model_name: str, norm: str) -> None:
+def test_every_model_builds_with_every_norm(model_name: str, norm: str) -> None:
+    options = _norm_options(model_name, norm)
+    with torch.device("meta"):  # construction and init only: no memory, no compute
+        model = build_model(model_name, norm=norm, num_classes=5, norm_options=options)
+        expected = type(build_norm(norm, 64, **(options or {})))
+    assert model.fc.out_features == 5
+    blocks = [m for m in model.modules() if isinstance(m, RESIDUAL_BLOCKS)]
+    expected_count = 1 + sum(  # the stem's norm, then each block's and its shortcut's
+        (3 if isinstance(b, Bottleneck) else 2) + (b.downsample is not None) for b in blocks
+    )
+    layers = _norm_layers(model)
+    assert len(layers) == expected_count
+    assert {type(layer) for layer in layers.values()} == {expected}
+
+
+def _train_step(model_name: str, norm: str) -> None:
     model = build_model(
         model_name, norm=norm, num_classes=5, norm_options=_norm_options(model_name, norm)
     )
@@ -70,14 +112,19 @@ def test_every_model_trains_with_every_norm(model_name: str, norm: str) -> None:
         assert torch.isfinite(param.grad).all(), name
 
 
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("model_name", TRAINED_WITH_EVERY_NORM)
+def test_forward_backward_with_every_norm(model_name: str, norm: str) -> None:
+    _train_step(model_name, norm)
+
+
+@pytest.mark.parametrize("model_name", ["resnet34", "resnet101"])
+def test_forward_backward_deeper_torchvision_models(model_name: str) -> None:
+    _train_step(model_name, "bn")
+
+
 def _norm_gammas(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Module name -> gamma of every norm layer (non-conv, non-linear modules with a weight)."""
-    return {
-        name: module.weight
-        for name, module in model.named_modules()
-        if not isinstance(module, (nn.Conv2d, nn.Linear))
-        and isinstance(getattr(module, "weight", None), nn.Parameter)
-    }
+    return {name: layer.weight for name, layer in _norm_layers(model).items()}
 
 
 def _last_norm_names(model: nn.Module) -> set[str]:
@@ -172,10 +219,11 @@ def test_unknown_model_names_the_allowed_ones() -> None:
         build_model("resnet7")
 
 
-def test_bad_groups_names_model_and_layer_width() -> None:
-    with pytest.raises(UserError, match=r"^resnet20: .*groups=32.*\b16 channels") as info:
-        build_model("resnet20", norm="gn", norm_options={"groups": 32})
-    assert "\n" not in str(info.value)
+@pytest.mark.parametrize("options", [None, {"groups": 32}])
+def test_bad_groups_names_model_and_layer_width(options: dict | None) -> None:
+    # GN's default is 32 groups; resnet20's first layers have 16 channels.
+    with pytest.raises(UserError, match=r"^resnet20: gn: groups=32 does not divide 16 channels"):
+        build_model("resnet20", norm="gn", norm_options=options)
 
 
 @pytest.mark.parametrize("options", [{"groups": 32}, {"group_size": 16}])
@@ -201,6 +249,8 @@ def test_in_channels_and_width() -> None:
         ({"name": "resnet50", "width": 32}, r"resnet50: width=32"),
         ({"name": "resnet20", "num_classes": 0}, r"resnet20: num_classes must be"),
         ({"name": "resnet20", "norm": "gnn"}, r"unknown norm 'gnn'"),
+        ({"name": "resnet20", "norm": "frn", "norm_options": {"tlu": "no"}}, r"resnet20: frn: tlu"),
+        ({"name": "resnet20", "norm_options": {"tlu": True}}, r"resnet20: norm 'bn' has no"),
     ],
 )
 def test_bad_arguments_raise_user_error(kwargs: dict, message: str) -> None:

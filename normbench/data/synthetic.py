@@ -69,38 +69,66 @@ def _log_uniform(gen: torch.Generator, low: float, high: float, *shape: int) -> 
     return _uniform(gen, math.log(low), math.log(high), *shape).exp()
 
 
+# Ranges (low, high) of the per-image nuisances; the class never depends on them.
+NUISANCE = {
+    "center": (-0.3, 0.3),  # object centre, in image half-widths
+    "r0": (0.3, 0.5),  # mean radius of the outline
+    "depth": (0.2, 0.4),  # lobe depth a
+    "ring_width": (0.1, 0.18),
+    "bg": (0.15, 0.85),  # background colour
+    "fg_contrast": (0.2, 0.45),  # |object - background| brightness
+    "fg_tint": (-0.15, 0.15),  # per-channel object colour jitter
+    "tex_amp": (0.0, 0.4),  # grating on the object
+    "tex_freq": (2.0, 6.0),
+    "grad_amp": (0.0, 0.3),  # background brightness gradient
+    "blob_sigma": (0.1, 0.3),  # background blobs
+    "blob_rgb": (-0.3, 0.3),
+    "gain": (0.5, 1.6),  # contrast gain (log-uniform)
+    "channel_gain": (0.75, 1.33),  # per-channel gain (log-uniform)
+    "shift": (-0.2, 0.2),  # brightness shift
+    "noise": (0.02, 0.1),  # pixel noise std
+}
+
+
 def _draw_params(gen: torch.Generator, n: int) -> dict[str, torch.Tensor]:
     """Every per-image random quantity of one chunk, drawn in a fixed order."""
+    r = NUISANCE
+
+    def u(key: str, *shape: int) -> torch.Tensor:
+        return _uniform(gen, *r[key], n, *shape)
+
+    def angle() -> torch.Tensor:
+        return _uniform(gen, 0.0, 2 * math.pi, n)
+
     labels = (torch.arange(n) % NUM_CLASSES)[torch.randperm(n, generator=gen)]
-    two_pi = 2 * math.pi
-    bg = _uniform(gen, 0.15, 0.85, n, 3)
+    bg = u("bg", 3)
     sign = torch.where(torch.rand(n, 1, generator=gen) < 0.5, -1.0, 1.0)
-    fg = bg + sign * _uniform(gen, 0.2, 0.45, n, 1) + _uniform(gen, -0.15, 0.15, n, 3)
+    fg = bg + sign * u("fg_contrast", 1) + u("fg_tint", 3)
     return {
         "labels": labels,
         "lobes": torch.tensor(_LOBES, dtype=torch.float32)[labels % len(_LOBES)],
         "ring": (labels >= len(_LOBES)).float(),
-        "cx": _uniform(gen, -0.3, 0.3, n),
-        "cy": _uniform(gen, -0.3, 0.3, n),
-        "r0": _uniform(gen, 0.3, 0.5, n),
-        "depth": _uniform(gen, 0.2, 0.4, n),
-        "rot": _uniform(gen, 0.0, two_pi, n),
-        "ring_width": _uniform(gen, 0.1, 0.18, n),
+        "cx": u("center"),
+        "cy": u("center"),
+        "r0": u("r0"),
+        "depth": u("depth"),
+        "rot": angle(),
+        "ring_width": u("ring_width"),
         "bg": bg,
         "fg": fg,
-        "tex_amp": _uniform(gen, 0.0, 0.4, n),
-        "tex_freq": _uniform(gen, 2.0, 6.0, n),
-        "tex_dir": _uniform(gen, 0.0, two_pi, n),
-        "tex_phase": _uniform(gen, 0.0, two_pi, n),
-        "grad_amp": _uniform(gen, 0.0, 0.3, n),
-        "grad_dir": _uniform(gen, 0.0, two_pi, n),
+        "tex_amp": u("tex_amp"),
+        "tex_freq": u("tex_freq"),
+        "tex_dir": angle(),
+        "tex_phase": angle(),
+        "grad_amp": u("grad_amp"),
+        "grad_dir": angle(),
         "blob_xy": _uniform(gen, -1.0, 1.0, n, 2, 2),
-        "blob_sigma": _uniform(gen, 0.1, 0.3, n, 2),
-        "blob_rgb": _uniform(gen, -0.3, 0.3, n, 2, 3),
-        "gain": _log_uniform(gen, 0.5, 1.6, n),
-        "channel_gain": _log_uniform(gen, 0.75, 1.33, n, 3),
-        "shift": _uniform(gen, -0.2, 0.2, n),
-        "noise": _uniform(gen, 0.02, 0.1, n),
+        "blob_sigma": u("blob_sigma", 2),
+        "blob_rgb": u("blob_rgb", 2, 3),
+        "gain": _log_uniform(gen, *r["gain"], n),
+        "channel_gain": _log_uniform(gen, *r["channel_gain"], n, 3),
+        "shift": u("shift"),
+        "noise": u("noise"),
     }
 
 

@@ -30,7 +30,7 @@ from normbench.norms.ws import convert_to_ws
 __all__ = ["build_model", "list_models"]
 
 # builder(factory, num_classes, in_channels, width) -> model
-Builder = Callable[[NormFactory, int, int, "int | None"], nn.Module]
+Builder = Callable[[NormFactory, int, int, int | None], nn.Module]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def _torchvision_builder(name: str) -> Builder:
     return build
 
 
-def _cifar_description(name: str, blocks: int) -> str:
+def _cifar_description(blocks: int) -> str:
     return (
         f"ResNet-{6 * blocks + 2} for small images (He et al. 2016): 3 stages x {blocks} basic "
         f"blocks, widths w/2w/4w, w={DEFAULT_WIDTH} by default"
@@ -62,7 +62,7 @@ def _cifar_description(name: str, blocks: int) -> str:
 
 _MODELS: dict[str, _ModelEntry] = {
     **{
-        name: _ModelEntry(_cifar_description(name, blocks), partial(cifar_resnet, name))
+        name: _ModelEntry(_cifar_description(blocks), partial(cifar_resnet, name))
         for name, blocks in CIFAR_RESNETS.items()
     },
     **{

@@ -25,7 +25,7 @@ torchvision's (the activations hold no parameters), so torchvision checkpoints s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -55,7 +55,10 @@ class NormFactory:
         norm_options = dict(options or {})
         self.use_tlu = False
         if spec.replaces_activation:
-            self.use_tlu = norm_options.pop("tlu", None) is not False
+            tlu = norm_options.pop("tlu", None)
+            if tlu is not None and not isinstance(tlu, bool):
+                raise UserError(f"{model}: {norm}: tlu={tlu!r} is invalid (allowed: true or false)")
+            self.use_tlu = tlu is not False
             norm_options["tlu"] = False
         self.model = model
         self.norm = norm
@@ -75,11 +78,15 @@ class NormFactory:
         return TLU(num_channels) if self.use_tlu else nn.ReLU(inplace=True)
 
 
-def _activation(norm_layer: NormFactory | None, num_channels: int) -> nn.Module:
-    """The activation that goes with ``norm_layer`` (ReLU for torchvision's default BN)."""
-    if norm_layer is None:
-        return nn.ReLU(inplace=True)
-    return norm_layer.activation(num_channels)
+def _activation(norm_layer: Any, num_channels: int) -> nn.Module:
+    """The activation that goes with ``norm_layer``: ReLU unless a factory says otherwise.
+
+    Anything else torchvision passes (None, ``nn.BatchNorm2d``) gets its ReLU, so the blocks
+    stay drop-in replacements for torchvision's.
+    """
+    if isinstance(norm_layer, NormFactory):
+        return norm_layer.activation(num_channels)
+    return nn.ReLU(inplace=True)
 
 
 class BasicBlock(tv.BasicBlock):
@@ -98,7 +105,7 @@ class BasicBlock(tv.BasicBlock):
         groups: int = 1,
         base_width: int = 64,
         dilation: int = 1,
-        norm_layer: NormFactory | None = None,
+        norm_layer: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__(
             inplanes, planes, stride, downsample, groups, base_width, dilation, norm_layer
@@ -135,7 +142,7 @@ class Bottleneck(tv.Bottleneck):
         groups: int = 1,
         base_width: int = 64,
         dilation: int = 1,
-        norm_layer: NormFactory | None = None,
+        norm_layer: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__(
             inplanes, planes, stride, downsample, groups, base_width, dilation, norm_layer

@@ -50,10 +50,15 @@ def unfold_chunks(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return y.contiguous(memory_format=torch.channels_last)
 
 
+def tile_chunks(t: torch.Tensor, chunks: int) -> torch.Tensor:
+    """(..., C) -> (..., chunks * C) with entry ``j * C + c`` = ``t[..., c]``; differentiable."""
+    return t.unsqueeze(-2).expand(*t.shape[:-1], chunks, t.shape[-1]).flatten(-2)
+
+
 def combine_chunks(per_chunk: torch.Tensor, chunks: int, eval_stats: str) -> torch.Tensor:
-    """Reduce a (chunks * C,) statistic to (C,): mean over chunks, or chunk 0's."""
-    per_chunk = per_chunk.view(chunks, -1)
-    return per_chunk.mean(0) if eval_stats == "average" else per_chunk[0]
+    """(..., chunks * C) -> (..., C): the mean over chunks ("average") or chunk 0's ("first")."""
+    per_chunk = per_chunk.unflatten(-1, (chunks, -1))
+    return per_chunk.mean(-2) if eval_stats == "average" else per_chunk[..., 0, :]
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -86,7 +91,7 @@ class BatchNorm2d(nn.BatchNorm2d):
         if self.chunks == 1 or not self.training:
             return super().forward(x)
         k = self.chunks
-        return self._folded_batch_norm(x, self.weight.repeat(k), self.bias.repeat(k))
+        return self._folded_batch_norm(x, tile_chunks(self.weight, k), tile_chunks(self.bias, k))
 
     def _folded_batch_norm(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
@@ -96,25 +101,23 @@ class BatchNorm2d(nn.BatchNorm2d):
         ``weight`` and ``bias`` have one entry per (chunk, channel), i.e. ``chunks * C``.
         """
         k = self.chunks
-        running_mean, running_var = self.running_mean, self.running_var
-        if k > 1:
-            # Every sub-batch starts its EMA from the shared running stats; the EMA is linear, so
-            # the mean (or chunk 0) of the k updated copies is the combined update.
-            running_mean, running_var = running_mean.repeat(k), running_var.repeat(k)
+        if k == 1:
+            y = F.batch_norm(
+                x, self.running_mean, self.running_var, weight, bias, True, self.momentum, self.eps
+            )
+            self.num_batches_tracked.add_(1)
+            return y
+        # Every sub-batch starts its EMA from the shared running stats (one copy holds all k
+        # means and variances); the EMA is linear, so the mean (or chunk 0) of the k updated
+        # copies is the combined update.
+        stats = tile_chunks(torch.stack([self.running_mean, self.running_var]), k)
         y = F.batch_norm(
-            fold_chunks(x, k),
-            running_mean,
-            running_var,
-            weight,
-            bias,
-            True,
-            self.momentum,
-            self.eps,
+            fold_chunks(x, k), stats[0], stats[1], weight, bias, True, self.momentum, self.eps
         )
         with torch.no_grad():
-            if k > 1:
-                self.running_mean.copy_(combine_chunks(running_mean, k, self.eval_stats))
-                self.running_var.copy_(combine_chunks(running_var, k, self.eval_stats))
+            combined = combine_chunks(stats, k, self.eval_stats)
+            self.running_mean.copy_(combined[0])
+            self.running_var.copy_(combined[1])
             self.num_batches_tracked.add_(1)
         return unfold_chunks(y, x)
 

@@ -99,7 +99,7 @@ _SPECS = {
             name="bn",
             description="Batch Norm: per channel over (N, H, W) of each GPU's batch "
             "(emulated GPUs: per chunk)",
-            options=_BN_OPTIONS,
+            options=dict(_BN_OPTIONS),
             batch_dependent=True,
             replaces_activation=False,
             builder=BatchNorm2d,

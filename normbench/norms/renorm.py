@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from normbench.norms.batch import BatchNorm2d, fold_chunks
+from normbench.norms.batch import BatchNorm2d, fold_chunks, tile_chunks
 
 
 class BatchRenorm2d(BatchNorm2d):
@@ -70,10 +70,10 @@ class BatchRenorm2d(BatchNorm2d):
             folded = fold_chunks(x, k)
             stats_input = folded if folded.dtype == torch.float64 else folded.float()
             var_b, mean_b = torch.var_mean(stats_input, dim=(0, 2, 3), correction=0)
-            sigma = (self.running_var + self.eps).sqrt().repeat(k)
-            mu = self.running_mean.repeat(k)
+            sigma = tile_chunks((self.running_var + self.eps).sqrt(), k)
+            mu = tile_chunks(self.running_mean, k)
             r_max, d_max = self.current_limits()
             r = torch.clamp((var_b + self.eps).sqrt() / sigma, min=1 / r_max, max=r_max)
             d = torch.clamp((mean_b - mu) / sigma, min=-d_max, max=d_max)
-        weight = self.weight.repeat(k)
-        return self._folded_batch_norm(x, weight * r, weight * d + self.bias.repeat(k))
+        weight = tile_chunks(self.weight, k)
+        return self._folded_batch_norm(x, weight * r, weight * d + tile_chunks(self.bias, k))

@@ -2,6 +2,7 @@
 
     <out_dir>/<experiment>/<cell>/config.yaml    resolved config, written before training
                                    history.csv    one row per epoch
+                                   steps.csv      train loss and lr every log_every_steps
                                    metrics.json   written last; its presence means "done"
                                    checkpoint.pt  latest state, for exact resume
                                    train.log      rank 0's log
@@ -27,6 +28,7 @@ from normbench.errors import UserError
 
 CONFIG = "config.yaml"
 HISTORY = "history.csv"
+STEPS = "steps.csv"
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
@@ -36,6 +38,7 @@ HISTORY_COLUMNS = (
     "epoch", "step", "train_loss", "train_error", "val_loss", "val_error",
     "lr", "images_per_s", "peak_mem_mb", "time_s",
 )  # fmt: skip
+STEP_COLUMNS = ("step", "epoch", "train_loss", "lr")
 # Statuses that are results: a rerun of the sweep skips them. "failed" cells are retried.
 DONE_STATUSES = ("finished", "diverged")
 
@@ -112,9 +115,9 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def write_history(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())

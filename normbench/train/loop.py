@@ -13,7 +13,7 @@ import math
 import resource
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,10 @@ class Progress:
     batch_in_epoch: int = 0  # batches of the current epoch already trained on
     step: int = 0  # optimizer steps done
     train_time: float = 0.0  # seconds spent training so far (resumes add up)
-    history: list[dict[str, Any]] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    steps: list[dict[str, Any]] = field(default_factory=list)  # one row per log interval
+    partial_sums: list[list[float]] | None = None  # per rank, when saved mid-epoch
+    last_lr: float = 0.0
 
 
 def load_config(run_dir: Path) -> Config:
@@ -173,7 +176,7 @@ class Trainer:
             optim=cfg.optim,
         )  # fmt: skip
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
-        self.progress = Progress(history=[])
+        self.progress = Progress()
         self._resume()
         self.net = self._wrap_ddp(self.model)
 
@@ -232,7 +235,12 @@ class Trainer:
         self.sampler.set_position(p.epoch, p.batch_in_epoch * self.train_loader.batch_size)
         if hasattr(self.data.train, "set_epoch"):
             self.data.train.set_epoch(p.epoch)
-        sums = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss, errors, count
+        # Loss sum, errors, count: this rank's, carried over from a checkpoint taken mid-epoch,
+        # so a resumed epoch reports exactly what an uninterrupted one would.
+        sums = torch.tensor(
+            p.partial_sums[env.rank] if p.partial_sums else [0.0, 0.0, 0.0],
+            dtype=torch.float64, device=env.device,
+        )  # fmt: skip
         window = torch.zeros(2, dtype=torch.float64, device=env.device)  # loss, count since log
         first_bad = torch.full((), -1, dtype=torch.long, device=env.device)
         start, images = time.perf_counter(), 0
@@ -245,6 +253,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
             self.scheduler.step()
             p.step += 1
             p.batch_in_epoch += 1
@@ -252,44 +261,47 @@ class Trainer:
 
             # Statistics stay on the device: no host sync in the hot path.
             loss = loss.detach().float()
-            bad = ~torch.isfinite(loss)
-            first_bad = torch.where(bad & (first_bad < 0), p.step, first_bad)
-            n = y.numel()
-            sums += torch.stack(
-                [loss * n, (logits.detach().argmax(1) != y).sum(), loss.new_tensor(n)]
-            )
-            window += torch.stack([loss * n, loss.new_tensor(n)])
+            first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), p.step, first_bad)
+            n = loss.new_tensor(y.numel())
+            sums += torch.stack([loss * n, (logits.detach().argmax(1) != y).sum(), n])
+            window += torch.stack([loss * n, n])
 
             last_batch = p.batch_in_epoch == self.steps_per_epoch
             if p.step % cfg.log_every_steps == 0 or last_batch:
                 self._check_divergence(first_bad)
-                loss_sum, count = all_reduce_sum(window.clone(), env).tolist()
-                tracker.log(
-                    {
-                        "train/loss": loss_sum / count,
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "epoch": p.epoch + p.batch_in_epoch / self.steps_per_epoch,
-                    },
-                    step=p.step,
-                )
+                loss_sum, count = all_reduce_sum(window, env).tolist()
                 window.zero_()
-            if cfg.checkpoint_every_steps and p.step % cfg.checkpoint_every_steps == 0:
+                epoch = p.epoch + p.batch_in_epoch / self.steps_per_epoch
+                p.steps.append({"step": p.step, "epoch": epoch, "train_loss": loss_sum / count,
+                                "lr": lr})  # fmt: skip
+                tracker.log({"train/loss": loss_sum / count, "lr": lr, "epoch": epoch}, p.step)
+            periodic = cfg.checkpoint_every_steps and p.step % cfg.checkpoint_every_steps == 0
+            if (periodic or guard.requested) and not last_batch:
                 self._sync_time(start)
                 start = time.perf_counter()
+                p.partial_sums = self._gather(sums)
                 self.save()
-            if guard.requested:
-                self._sync_time(start)
-                self.save()
-                guard.exit()
+                if guard.requested:
+                    guard.exit()
             if last_batch:
                 break
         self._sync_time(start)
+        p.partial_sums = None
+        p.last_lr = lr
         loss_sum, errors, count = all_reduce_sum(sums, env).tolist()
         return {
             "train_loss": loss_sum / count,
             "train_error": 100.0 * errors / count,
             "images": images,
         }
+
+    def _gather(self, sums: torch.Tensor) -> list[list[float]]:
+        """Every rank's partial sums, for rank 0 to save."""
+        if self.env.world_size == 1:
+            return [sums.tolist()]
+        gathered = [torch.empty_like(sums) for _ in range(self.env.world_size)]
+        torch.distributed.all_gather(gathered, sums)
+        return [t.tolist() for t in gathered]
 
     def _sync_time(self, start: float) -> None:
         self.progress.train_time += time.perf_counter() - start
@@ -316,7 +328,7 @@ class Trainer:
                 "train_error": train["train_error"],
                 "val_loss": val_loss,
                 "val_error": val_error,
-                "lr": self.scheduler.get_last_lr()[0],
+                "lr": p.last_lr,
                 "images_per_s": train["images"] / max(p.train_time - time_before, 1e-9),
                 "peak_mem_mb": peak_memory_mb(env.device),
                 "time_s": time.perf_counter() - epoch_start,
@@ -332,8 +344,11 @@ class Trainer:
                     row["epoch"], cfg.epochs, row["train_loss"], row["train_error"],
                     row["val_error"], row["lr"], row["images_per_s"],
                 )  # fmt: skip
-                rundir.write_history(self.run_dir / rundir.HISTORY, p.history)
+                rundir.write_csv(self.run_dir / rundir.HISTORY, p.history, rundir.HISTORY_COLUMNS)
+                rundir.write_csv(self.run_dir / rundir.STEPS, p.steps, rundir.STEP_COLUMNS)
             self.save()
+            if guard.requested:
+                guard.exit()
         return summarize(p.history)
 
 
@@ -362,10 +377,10 @@ def run_worker(run_dir: str | Path) -> None:
         if env.is_main:
             log.info(
                 "cell %s: %s + %s on %s | batch/GPU %d x %d GPUs = total %d | %d process(es) x "
-                "%d emulated GPU(s) | lr %.4g | BN eval stats: %s",
+                "%d emulated GPU(s) | lr %.4g | norm options %s | BN eval stats: %s",
                 run_dir.name, cfg.model.name, cfg.norm.name, cfg.dataset.name, cfg.batch,
                 cfg.gpus, total_batch(cfg), env.world_size, trainer.chunks, trainer.lr,
-                trainer.bn_eval_stats,
+                cfg.norm.options() or "default", trainer.bn_eval_stats,
             )  # fmt: skip
         with PreemptionGuard() as guard:
             try:

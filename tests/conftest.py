@@ -1,0 +1,39 @@
+"""Shared fixtures: run the real CLI in a subprocess or in-process on tiny cells."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# A cell small enough to train in seconds on 2 CPU cores; every test states what it changes.
+TINY = [
+    "logger=none",
+    "model=resnet8",
+    "model.width=8",
+    "norm.groups=4",
+    "dataset.train_size=256",
+    "dataset.val_size=64",
+    "dataset.image_size=16",
+    "gpus=2",
+    "batch=8",
+    "epochs=2",
+    "progress=false",
+]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None):
+    """`normbench <args>` in a fresh process; returns the CompletedProcess (text output)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "normbench", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    return list(TINY)
