@@ -60,11 +60,25 @@ def _cmd_sweep(args: list[str]) -> int:
         except UserError as e:
             name = rundir.cell_name(overrides, config.norm.name, config.batch)
             raise UserError(f"cell {name}: {e}") from None
+    rundir.ensure_writable(sweep_dir(cfg))  # before Hydra, whose own error is a traceback
     print(f"sweep: {len(cells)} cells into {sweep_dir(cfg)}", flush=True)
     multirun(args, total=len(cells))
     report = build_report(sweep_dir(cfg))
     print(format_report(report))
-    return 0
+    if config.logger.kind == "wandb":
+        _log_report_to_wandb(report, config)
+    failed = (report.cells["status"] == "failed").sum()
+    return 1 if failed else 0
+
+
+def _log_report_to_wandb(report, config) -> None:
+    from omegaconf import OmegaConf
+
+    from normbench.track.wandb_tracker import log_report
+
+    images = {p.stem: p for p in report.paths if p.suffix == ".png" and p.parent == report.out_dir}
+    plain = OmegaConf.to_container(OmegaConf.structured(config))
+    log_report(report.sweep_dir, report.experiment, report.cells, images, plain)
 
 
 def _cmd_report(args: list[str]) -> int:

@@ -9,6 +9,7 @@ devices) live in :func:`validate` and raise :class:`~normbench.errors.UserError`
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +41,8 @@ class NormConfig:
     """Every option any norm takes; None means the norm's own default.
 
     Options apply to the norms that take them, so a sweep can say ``norm=bn,gn norm.groups=8``
-    (GN with 8 groups, BN untouched). Each cell's log line names the options its norm used.
+    (GN with 8 groups, BN untouched); group_size, when set, takes precedence over groups (a
+    model's default G). Each cell's log line names the options its norm used.
     """
 
     name: str = "bn"
@@ -60,7 +62,10 @@ class NormConfig:
         from normbench.norms import get_norm_spec
 
         accepted = get_norm_spec(self.name).options
-        return {k: v for k, v in self.__dict__.items() if k in accepted and v is not None}
+        options = {k: v for k, v in self.__dict__.items() if k in accepted and v is not None}
+        if "group_size" in options:  # the more specific setting wins over a default G
+            options.pop("groups", None)
+        return options
 
 
 @dataclass
@@ -192,20 +197,47 @@ def _one_of(what: str, value: str, allowed: tuple[str, ...]) -> None:
         raise UserError(f"{what}={value!r} is not allowed (allowed: {', '.join(allowed)})")
 
 
-def _positive(what: str, value: int | float) -> None:
-    if value < 1:
-        raise UserError(f"{what}={value} must be >= 1")
+def _positive(what: str, value: int | float, least: int = 1) -> None:
+    if value < least:
+        raise UserError(f"{what}={value} must be >= {least}")
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: what a container or taskset gives)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def validate(cfg: Config) -> None:
-    """Refuse impossible configs before anything is written. Raises UserError."""
-    from normbench.data import list_datasets
+    """Refuse impossible configs before anything is written. Raises UserError.
+
+    On CPU each device is one worker process that normbench starts; more of them than CPU
+    cores are refused (they would only share the cores and slow each other down): emulate the
+    GPUs instead, e.g. ``devices=1 gpus=8``. Processes started by torchrun or SLURM are theirs
+    to place, so that check is left out there.
+    """
+    from normbench.data import check_dataset, list_datasets
     from normbench.models import build_model, list_models
     from normbench.norms import get_norm_spec
 
     _positive("batch", cfg.batch)
     _positive("gpus", cfg.gpus)
     _positive("epochs", cfg.epochs)
+    _positive("seed", cfg.seed, least=0)
+    _positive("log_every_steps", cfg.log_every_steps)
+    _positive("checkpoint_every_steps", cfg.checkpoint_every_steps, least=0)
+    _positive("dataset.workers", cfg.dataset.workers, least=0)
+    _positive("optim.reference_batch", cfg.optim.reference_batch)
+    for what in ("train_size", "val_size", "image_size"):
+        value = getattr(cfg.dataset, what)
+        if value is not None:
+            _positive(f"dataset.{what}", value)
+    if cfg.dataset.train_size is not None and total_batch(cfg) > cfg.dataset.train_size:
+        raise UserError(
+            f"total batch {total_batch(cfg)} (gpus={cfg.gpus} x batch={cfg.batch}) exceeds "
+            f"dataset.train_size={cfg.dataset.train_size}: lower batch or gpus, or use more data"
+        )
     _one_of("amp", cfg.amp, AMP_MODES)
     _one_of("accelerator", cfg.accelerator, ACCELERATORS)
     _one_of("backend", cfg.backend, BACKENDS)
@@ -226,16 +258,24 @@ def validate(cfg: Config) -> None:
         raise UserError(f"amp={cfg.amp} is for GPUs; on CPU use amp=none")
     devices = resolve_devices(cfg)
     _positive("devices", devices)
+    if accelerator == "cuda" and devices > torch.cuda.device_count():
+        raise UserError(
+            f"devices={devices} but only {torch.cuda.device_count()} CUDA devices are visible"
+        )
+    started_outside = "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    if accelerator == "cpu" and not started_outside and devices > cpu_cores():
+        raise UserError(
+            f"devices={devices} but only {cpu_cores()} CPU cores are available (on CPU each "
+            f"device is a process; allowed: devices <= {cpu_cores()}, or devices=1 emulating "
+            "the gpus)"
+        )
     if cfg.gpus % devices:
         allowed = [d for d in range(1, cfg.gpus + 1) if cfg.gpus % d == 0]
         raise UserError(
             f"gpus={cfg.gpus} is not a multiple of devices={devices} "
             f"(allowed devices: {', '.join(map(str, allowed))})"
         )
-    if accelerator == "cuda" and devices > torch.cuda.device_count():
-        raise UserError(
-            f"devices={devices} but only {torch.cuda.device_count()} CUDA devices are visible"
-        )
+    check_dataset(cfg.dataset.name, cfg.dataset.root, download=cfg.dataset.download)
     # Building the network on the meta device checks every norm option against every layer
     # (e.g. groups that do not divide a width) without allocating memory.
     with torch.device("meta"):

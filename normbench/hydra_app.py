@@ -22,9 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from normbench.config import register_configs
+from normbench.config import as_config, register_configs
 from normbench.errors import UserError
 from normbench.track.rundir import cell_name, split_override_dirname
 
@@ -49,7 +49,7 @@ def _one_line(error: Exception) -> str:
         return f"{first} (allowed: {', '.join(options)})"
     cause = error.__cause__ or error
     text = str(cause).strip()
-    if isinstance(cause, ConfigAttributeError) and "not in" in text:  # a misspelt key
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and "not in" in text:  # misspelt
         key = re.search(r"full_key: (\S+)", text)
         return f"unknown config key '{key.group(1) if key else text.splitlines()[0]}'"
     lines = [ln.strip() for ln in text.splitlines()]
@@ -70,7 +70,9 @@ def compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            return hydra_compose("config", overrides=overrides, return_hydra_config=True)
+            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+        as_config(cfg)  # the typed schema: "+key=value" adds keys Hydra itself lets through
+        return cfg
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise UserError(_one_line(e)) from None
     finally:

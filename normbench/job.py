@@ -33,14 +33,17 @@ def _under_slurm_tasks() -> bool:
 
 def _record_failure(run_dir: Path, cfg: Config, overrides: dict[str, str], error: str) -> None:
     """A failed cell keeps its checkpoint (the next run resumes) and says why it stopped."""
-    rundir.write_json(
-        run_dir / rundir.METRICS,
-        {"status": "failed", "error": error, "cell": run_dir.name, "overrides": overrides,
-         "experiment": cfg.name, "model": cfg.model.name, "norm": cfg.norm.name,
-         "norm_label": cfg.norm.name + ("+ws" if cfg.model.ws else ""),
-         "dataset": cfg.dataset.name, "batch": cfg.batch, "gpus": cfg.gpus, "seed": cfg.seed,
-         "groups": cfg.norm.groups, "group_size": cfg.norm.group_size},
-    )  # fmt: skip
+    try:
+        rundir.write_json(
+            run_dir / rundir.METRICS,
+            {"status": "failed", "error": error, "cell": run_dir.name, "overrides": overrides,
+             "experiment": cfg.name, "model": cfg.model.name, "norm": cfg.norm.name,
+             "norm_label": cfg.norm.name + ("+ws" if cfg.model.ws else ""),
+             "dataset": cfg.dataset.name, "batch": cfg.batch, "gpus": cfg.gpus, "seed": cfg.seed,
+             "groups": cfg.norm.groups, "group_size": cfg.norm.group_size},
+        )  # fmt: skip
+    except OSError as e:  # e.g. the full disk that failed the cell: the log line must do
+        log.error("could not record the failure of %s: %s", run_dir.name, e)
 
 
 def _start_workers(run_dir: Path, cfg: Config) -> None:
@@ -82,6 +85,9 @@ def run_cell(cfg: DictConfig | Config, overrides: list[str]) -> str:
         if is_rank0 and done and config.rerun:
             archived = rundir.archive_result(run_dir)
             log.info("rerun=true: previous result of %s moved to %s", run_dir.name, archived)
+        if is_rank0:
+            for leftover in rundir.remove_temp_files(run_dir):
+                log.info("removed %s, left by a write that was interrupted", leftover.name)
         if is_rank0 and not (run_dir / rundir.CHECKPOINT).exists():
             plain = OmegaConf.to_yaml(OmegaConf.structured(config))
             rundir.atomic_write_text(run_dir / rundir.CONFIG, plain)

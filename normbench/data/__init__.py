@@ -173,6 +173,64 @@ def build_datasets(
     return _BUILDERS[name][0](req)
 
 
+def check_dataset(name: str, root: str | None, *, download: bool = False) -> None:
+    """Cheap checks of a dataset's files, made before anything is written; raises UserError.
+
+    A given root must be a folder (unless CIFAR is to be downloaded there). ImageFolder data
+    (imagenet) must have ``train/`` and ``val/`` with the same non-empty class folders. Only
+    folders are listed: reading the images is left to :func:`build_datasets`. With no root,
+    datasets that search default places (Fashion-MNIST, CIFAR) are checked when built.
+    """
+    if name not in _BUILDERS:
+        raise UserError(f"unknown dataset '{name}' (allowed: {', '.join(sorted(_BUILDERS))})")
+    if name == "synthetic":
+        return
+    if root is None and name != "imagenet":
+        return
+    folder = Path(root or os.path.join(default_root(), "imagenet"))
+    if not folder.is_dir():
+        if download and name.startswith("cifar"):
+            return
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise UserError(f"dataset.root={folder} {what} (the {name} files are looked for there)")
+    if name == "imagenet":
+        _check_image_folders(folder)
+
+
+def _check_image_folders(root: Path) -> None:
+    """root/train/<class>/ and root/val/<class>/: present, not empty, the same classes."""
+    classes: dict[str, list[str]] = {}
+    for split in ("train", "val"):
+        folder = root / split
+        if not folder.is_dir():
+            raise UserError(
+                f"no folder {folder} (ImageFolder data needs {root}/train/<class>/<image> "
+                f"and {root}/val/<class>/<image>)"
+            )
+        names = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+        if not names:
+            raise UserError(f"{folder} holds no class folders (expected {folder}/<class>/<image>)")
+        empty = [n for n in names if not _has_entries(folder / n)]
+        if empty:
+            raise UserError(
+                f"class folder {folder / empty[0]} is empty ({len(empty)} of {len(names)} "
+                f"class folders in {folder} hold no images)"
+            )
+        classes[split] = names
+    if classes["train"] != classes["val"]:
+        only_train = sorted(set(classes["train"]) - set(classes["val"]))
+        only_val = sorted(set(classes["val"]) - set(classes["train"]))
+        raise UserError(
+            f"train and val classes differ in {root}: only in train: "
+            f"{', '.join(only_train[:5]) or '-'}; only in val: {', '.join(only_val[:5]) or '-'}"
+        )
+
+
+def _has_entries(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return any(not entry.name.startswith(".") for entry in entries)
+
+
 Arrays = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 labels (N,)
 
 
@@ -204,4 +262,4 @@ def _in_memory_bundle(
     return DatasetBundle(train_ds, val_ds, num_classes, channels, size, collate)
 
 
-__all__ = ["DatasetBundle", "build_datasets", "default_root", "list_datasets"]
+__all__ = ["DatasetBundle", "build_datasets", "check_dataset", "default_root", "list_datasets"]

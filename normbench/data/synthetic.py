@@ -87,7 +87,11 @@ NUISANCE = {
     "channel_gain": (0.75, 1.33),  # per-channel gain (log-uniform)
     "shift": (-0.2, 0.2),  # brightness shift
     "noise": (0.02, 0.1),  # pixel noise std
+    "orient_jitter": (-0.09, 0.09),
+    "gl_rot": (-0.3, 0.3),
+    "aspect": (0.85, 1.18),
 }
+MODE = "shape"
 
 
 def _draw_params(gen: torch.Generator, n: int) -> dict[str, torch.Tensor]:
@@ -104,10 +108,14 @@ def _draw_params(gen: torch.Generator, n: int) -> dict[str, torch.Tensor]:
     bg = u("bg", 3)
     sign = torch.where(torch.rand(n, 1, generator=gen) < 0.5, -1.0, 1.0)
     fg = bg + sign * u("fg_contrast", 1) + u("fg_tint", 3)
+    shape_id = labels if MODE == "shape" else torch.randint(0, 10, (n,), generator=gen)
+    tex_dir = angle()
+    if MODE == "orient":
+        tex_dir = labels * (math.pi / NUM_CLASSES) + u("orient_jitter")
     return {
         "labels": labels,
-        "lobes": torch.tensor(_LOBES, dtype=torch.float32)[labels % len(_LOBES)],
-        "ring": (labels >= len(_LOBES)).float(),
+        "lobes": torch.tensor(_LOBES, dtype=torch.float32)[shape_id % len(_LOBES)],
+        "ring": (shape_id >= len(_LOBES)).float(),
         "cx": u("center"),
         "cy": u("center"),
         "r0": u("r0"),
@@ -118,7 +126,9 @@ def _draw_params(gen: torch.Generator, n: int) -> dict[str, torch.Tensor]:
         "fg": fg,
         "tex_amp": u("tex_amp"),
         "tex_freq": u("tex_freq"),
-        "tex_dir": angle(),
+        "tex_dir": tex_dir,
+        "gl_rot": u("gl_rot"),
+        "aspect": _log_uniform(gen, *r["aspect"], n),
         "tex_phase": angle(),
         "grad_amp": u("grad_amp"),
         "grad_dir": angle(),
@@ -147,6 +157,37 @@ def _col(v: torch.Tensor) -> torch.Tensor:
     return v.view(-1, 1, 1, 1)
 
 
+def _glyph_inside(labels, u, v):
+    """Signed 'inside' distance of 10 upright glyphs in object coordinates (u right, v up)."""
+    au, av = u.abs(), v.abs()
+    r = torch.sqrt(u * u + v * v)
+    s3 = math.sqrt(3) / 2
+    def tri(sign):
+        w = sign * v
+        return torch.minimum(torch.minimum(w + 0.5, -s3 * u - 0.5 * w + 0.5), s3 * u - 0.5 * w + 0.5) * 1.2
+    bar = lambda a, b: torch.minimum(0.28 - b, 0.95 - a)
+    plus = torch.maximum(bar(au, av), bar(av, au))
+    d1, d2 = (u + v).abs() / math.sqrt(2), (u - v).abs() / math.sqrt(2)
+    cross = torch.maximum(bar(d1, d2), bar(d2, d1))
+    shapes = [
+        0.85 - r,                               # disk
+        0.75 - torch.maximum(au, av),           # square
+        tri(1.0),                               # triangle up
+        tri(-1.0),                              # triangle down
+        plus,                                   # plus
+        cross,                                  # x
+        torch.minimum(r - 0.5, 0.9 - r),        # ring
+        torch.minimum(0.3 - av, 0.95 - au),     # horizontal bar
+        torch.minimum(0.3 - au, 0.95 - av),     # vertical bar
+        (1.0 - (au + av)) / math.sqrt(2),       # diamond
+    ]
+    out = shapes[0]
+    lab = _col(labels)
+    for c in range(1, 10):
+        out = torch.where(lab == c, shapes[c], out)
+    return out
+
+
 def _render(p: dict[str, torch.Tensor], size: int, gen: torch.Generator) -> torch.Tensor:
     """Images (n, 3, size, size) uint8 from the parameters of n images; pixel noise from gen."""
     n = p["labels"].shape[0]
@@ -157,20 +198,28 @@ def _render(p: dict[str, torch.Tensor], size: int, gen: torch.Generator) -> torc
     dx, dy = xs - _col(p["cx"]), ys - _col(p["cy"])
     radius = torch.sqrt(dx * dx + dy * dy)
     theta = torch.atan2(dy, dx)
-    outline = _col(p["r0"]) * (
-        1 + _col(p["depth"]) * torch.cos(_col(p["lobes"]) * (theta - _col(p["rot"])))
-    )
-    sharp = size / 2  # signed distance (image half-widths) -> pixels
-    inside = outline - radius
+    sharp = size  # signed distance (image half-widths) -> about 2 sigmoid units per pixel
+    if MODE == "glyph":
+        c, s_ = _col(torch.cos(p["gl_rot"])), _col(torch.sin(p["gl_rot"]))
+        u = (dx * c + dy * s_) / (_col(p["r0"]) * _col(p["aspect"]))
+        v = -(-dx * s_ + dy * c) / (_col(p["r0"]) / _col(p["aspect"]))
+        inside = _glyph_inside(p["labels"], u, v) * _col(p["r0"])
+    else:
+        outline = _col(p["r0"]) * (
+            1 + _col(p["depth"]) * torch.cos(_col(p["lobes"]) * (theta - _col(p["rot"])))
+        )
+        inside = outline - radius
     mask = torch.sigmoid(inside * sharp)
     ring = torch.sigmoid((_col(p["ring_width"]) - inside) * sharp)
-    mask = mask * (1 - _col(p["ring"]) * (1 - ring))
+    if MODE != "glyph":
+        mask = mask * (1 - _col(p["ring"]) * (1 - ring))
 
     # Object: flat colour times an oriented grating.
-    along = xs * _col(torch.cos(p["tex_dir"])) + ys * _col(torch.sin(p["tex_dir"]))
-    grating = 1 + _col(p["tex_amp"]) * torch.sin(
-        math.pi * _col(p["tex_freq"]) * along + _col(p["tex_phase"])
-    )
+    if True:
+        along = xs * _col(torch.cos(p["tex_dir"])) + ys * _col(torch.sin(p["tex_dir"]))
+        grating = 1 + _col(p["tex_amp"]) * torch.sin(
+            math.pi * _col(p["tex_freq"]) * along + _col(p["tex_phase"])
+        )
     fg = p["fg"].view(n, 3, 1, 1) * grating
 
     # Background: flat colour, a linear brightness gradient and two coloured Gaussian blobs.

@@ -85,19 +85,66 @@ def split_override_dirname(dirname: str) -> list[str]:
     return items
 
 
+TEMP_SUFFIX = ".tmp"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write to a temporary file beside `path`, fsync, then rename over it.
+
+    Readers see the old file or the new one, never a part. An OSError (a full disk, a read-only
+    file system) names `path`, and the old file stays as it was.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except OSError as e:
+        raise _naming(e, path) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        _fsync_dir(path.parent)  # make the rename itself survive a power cut
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _naming(e, path) from e
         raise
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """`error`, or the same error naming `path` when it names no file (ENOSPC from write())."""
+    if error.filename is not None:
+        return error
+    return OSError(error.errno, error.strerror, str(path))
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Best effort: some systems (Windows, a few network file systems) cannot fsync a folder,
+    and by now the new file is in place either way."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_temp_files(run_dir: Path) -> list[Path]:
+    """Delete what a crash in the middle of :func:`atomic_write_bytes` left behind.
+
+    Call only while holding the cell's lock: then no other process is writing in `run_dir`.
+    Returns the files removed.
+    """
+    leftovers = [p for p in run_dir.glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return leftovers
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -111,7 +158,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a parent is a file
         return None
 
 

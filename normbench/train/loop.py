@@ -56,6 +56,7 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     steps: list[dict[str, Any]] = field(default_factory=list)  # one row per log interval
     partial_sums: list[list[float]] | None = None  # per rank, when saved mid-epoch
+    partial_window: list[list[float]] | None = None  # per rank: loss, count since the last log
     last_lr: float = 0.0
 
 
@@ -235,13 +236,11 @@ class Trainer:
         self.sampler.set_position(p.epoch, p.batch_in_epoch * self.train_loader.batch_size)
         if hasattr(self.data.train, "set_epoch"):
             self.data.train.set_epoch(p.epoch)
-        # Loss sum, errors, count: this rank's, carried over from a checkpoint taken mid-epoch,
-        # so a resumed epoch reports exactly what an uninterrupted one would.
-        sums = torch.tensor(
-            p.partial_sums[env.rank] if p.partial_sums else [0.0, 0.0, 0.0],
-            dtype=torch.float64, device=env.device,
-        )  # fmt: skip
-        window = torch.zeros(2, dtype=torch.float64, device=env.device)  # loss, count since log
+        # This rank's loss sum, errors, count over the epoch, and loss sum, count since the last
+        # log line: carried over from a checkpoint taken mid-epoch, so a resumed epoch reports
+        # (and logs) exactly what an uninterrupted one would.
+        sums = self._carried(p.partial_sums, 3)
+        window = self._carried(p.partial_window, 2)
         first_bad = torch.full((), -1, dtype=torch.long, device=env.device)
         start, images = time.perf_counter(), 0
         for batch in self.train_loader:
@@ -267,26 +266,34 @@ class Trainer:
             window += torch.stack([loss * n, n])
 
             last_batch = p.batch_in_epoch == self.steps_per_epoch
+            stop = False
             if p.step % cfg.log_every_steps == 0 or last_batch:
                 self._check_divergence(first_bad)
+                stop = self._preempted(guard)
                 loss_sum, count = all_reduce_sum(window, env).tolist()
                 window.zero_()
                 epoch = p.epoch + p.batch_in_epoch / self.steps_per_epoch
                 p.steps.append({"step": p.step, "epoch": epoch, "train_loss": loss_sum / count,
                                 "lr": lr})  # fmt: skip
                 tracker.log({"train/loss": loss_sum / count, "lr": lr, "epoch": epoch}, p.step)
+            if env.world_size == 1:
+                stop = guard.requested  # alone: no need to agree with anyone, stop at once
             periodic = cfg.checkpoint_every_steps and p.step % cfg.checkpoint_every_steps == 0
-            if (periodic or guard.requested) and not last_batch:
+            # Every rank takes this branch at the same step (the collectives inside need it).
+            if (periodic or stop) and not last_batch:
+                self._check_divergence(first_bad)  # a diverged state is a result, not a resume
                 self._sync_time(start)
                 start = time.perf_counter()
-                p.partial_sums = self._gather(sums)
+                gathered = self._gather(torch.cat([sums, window]))
+                p.partial_sums = [row[:3] for row in gathered]
+                p.partial_window = [row[3:] for row in gathered]
                 self.save()
-                if guard.requested:
-                    guard.exit()
+                if stop:
+                    self._exit_preempted(guard)
             if last_batch:
                 break
         self._sync_time(start)
-        p.partial_sums = None
+        p.partial_sums = p.partial_window = None
         p.last_lr = lr
         loss_sum, errors, count = all_reduce_sum(sums, env).tolist()
         return {
@@ -294,6 +301,26 @@ class Trainer:
             "train_error": 100.0 * errors / count,
             "images": images,
         }
+
+    def _carried(self, saved: list[list[float]] | None, size: int) -> torch.Tensor:
+        """This rank's running sums saved by a mid-epoch checkpoint, or zeros."""
+        values = saved[self.env.rank] if saved else [0.0] * size
+        return torch.tensor(values, dtype=torch.float64, device=self.env.device)
+
+    def _preempted(self, guard: PreemptionGuard) -> bool:
+        """Whether any rank received a preemption signal. A collective: every rank calls it at
+        the same step, so all stop together (one rank alone in a collective would hang)."""
+        flag = torch.tensor(float(guard.requested), dtype=torch.float64, device=self.env.device)
+        return all_reduce_sum(flag, self.env).item() > 0
+
+    def _exit_preempted(self, guard: PreemptionGuard) -> None:
+        """The checkpoint is written: leave, handing the signal on (see PreemptionGuard)."""
+        if self.env.is_main:
+            log.warning(
+                "preempted: checkpoint saved at epoch %d, step %d; rerun the same command to "
+                "resume", self.progress.epoch + 1, self.progress.step,
+            )  # fmt: skip
+        guard.exit()
 
     def _gather(self, sums: torch.Tensor) -> list[list[float]]:
         """Every rank's partial sums, for rank 0 to save."""
@@ -347,8 +374,8 @@ class Trainer:
                 rundir.write_csv(self.run_dir / rundir.HISTORY, p.history, rundir.HISTORY_COLUMNS)
                 rundir.write_csv(self.run_dir / rundir.STEPS, p.steps, rundir.STEP_COLUMNS)
             self.save()
-            if guard.requested:
-                guard.exit()
+            if self._preempted(guard):
+                self._exit_preempted(guard)
         return summarize(p.history)
 
 

@@ -1,0 +1,64 @@
+# normbench: `make help` lists the targets. Every target installs what it needs first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+BIN := $(VENV)/bin
+NB := $(BIN)/normbench
+# EXPERIMENT picks the scale of the paper targets: mini (CPU, minutes) or paper (ResNet-50,
+# ImageNet, 8 GPUs, 100 epochs). ARGS adds any Hydra override, e.g. ARGS="launcher=slurm".
+EXPERIMENT ?= mini
+ARGS ?=
+
+.PHONY: help setup demo test lint table-batch table-norms ablation-groups fashion bench report clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
+	@echo "  variables: EXPERIMENT=mini|paper  ARGS='<hydra overrides>'  TORCH='$(TORCH)'"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv and install normbench with torch, Hydra, W&B, pandas, matplotlib
+
+demo: setup ## the main job: the mini BN-vs-GN batch sweep (Table 2) on the embedded dataset, then its report
+	$(NB) sweep experiment=$(EXPERIMENT)-batch $(ARGS)
+
+test: setup ## run the whole test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+lint: setup ## ruff
+	$(BIN)/ruff check normbench tests scripts
+
+table-batch: setup ## Table 2 / Figure 1: BN vs GN over 32,16,8,4,2 images per GPU
+	$(NB) sweep experiment=$(EXPERIMENT)-batch $(ARGS)
+
+table-norms: setup ## Table 1: BN, LN, IN, GN at 32 images per GPU
+	$(NB) sweep experiment=$(EXPERIMENT)-norms $(ARGS)
+
+ablation-groups: setup ## Table 3: GN with G = 64..1 groups, then 64..1 channels per group
+	$(NB) sweep experiment=$(EXPERIMENT)-groups $(ARGS)
+	$(NB) sweep experiment=$(EXPERIMENT)-group-size $(ARGS)
+
+fashion: setup ## the batch sweep and the group ablation on Fashion-MNIST (apt-get install dataset-fashion-mnist)
+	$(NB) sweep experiment=$(EXPERIMENT)-batch dataset=fashion_mnist $(ARGS)
+	$(NB) sweep experiment=$(EXPERIMENT)-groups dataset=fashion_mnist $(ARGS)
+	$(NB) sweep experiment=$(EXPERIMENT)-group-size dataset=fashion_mnist $(ARGS)
+
+report: setup ## rebuild the report of a sweep: make report DIR=runs/mini-batch
+	$(NB) report $(DIR)
+
+bench: setup ## speed benchmarks (results/bench/*.md)
+	$(BIN)/python scripts/bench_loop.py
+	$(BIN)/python scripts/bench_emulated.py
+	$(BIN)/python scripts/bench_norms.py
+	$(BIN)/python scripts/bench_data.py
+	$(BIN)/python scripts/bench_gpu.py
+
+clean: ## remove caches (never runs/ or results/)
+	rm -rf .pytest_cache .ruff_cache
