@@ -6,6 +6,7 @@ and optimizer state must be exactly equal (CPU, same thread count), and nothing 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,17 +27,23 @@ from normbench.cli import main
 from normbench.track import rundir
 
 
-# The tiny cell with batch renorm: running statistics, a step counter that relaxes its limits,
-# two emulated GPUs and augmentation all have to come back exactly after a restart. 16 steps
-# per epoch, 2 epochs; a log line every 2 steps (so a checkpoint can fall between two).
 def tiny(*changes: str) -> list[str]:
     """TINY with some values changed or added (one value per key)."""
     keys = {change.split("=", 1)[0] for change in changes}
     return [o for o in TINY if o.split("=", 1)[0] not in keys] + list(changes)
 
 
-CELL = [*TINY, "norm=brn", "norm.warmup_steps=4", "norm.relax_steps=8", "log_every_steps=2"]
-STEPS_PER_EPOCH, TOTAL_STEPS = 16, 32
+# The cell of the resume tests uses batch renorm: running statistics, a step counter that relaxes
+# its limits, two emulated GPUs and augmentation all have to come back exactly after a restart.
+# A log line every 2 steps, so a checkpoint can fall between two.
+SMALL = tiny("dataset.train_size=128", "dataset.val_size=32")  # 8 steps per epoch
+CELL = [*SMALL, "norm=brn", "norm.warmup_steps=4", "norm.relax_steps=8", "log_every_steps=2"]
+STEPS_PER_EPOCH, TOTAL_STEPS = 8, 16
+# One cell where only the flow matters: 4 steps, one epoch.
+QUICK = tiny("dataset.train_size=64", "dataset.val_size=32", "epochs=1")
+# One torch thread per process: two busy cores shared by the processes a test starts at once.
+# Every run compared bit for bit uses this same setting.
+ENV = {"OMP_NUM_THREADS": "1"}
 RESULT_KEYS = ("val_error_final", "val_error_best", "val_error_median5", "train_error_final",
                "steps", "status")  # fmt: skip
 HISTORY_KEYS = ("epoch", "step", "train_loss", "train_error", "val_loss", "val_error", "lr")
@@ -86,17 +94,25 @@ def assert_same_result(reference: Path, resumed: Path) -> None:
 def reference(tmp_path_factory) -> Path:
     """The cell run once without interruption."""
     out = tmp_path_factory.mktemp("reference")
-    result = run_cli(["train", *CELL, f"out_dir={out}"], cwd=out)
+    result = run_cli(["train", *CELL, f"out_dir={out}"], cwd=out, env=ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     return _cell_dir(out)
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
+@contextlib.contextmanager
+def _running(args: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
+    """`normbench <args>` in the background; killed on the way out if still running."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **ENV}
+    process = subprocess.Popen(
         [sys.executable, "-m", "normbench", *args], cwd=cwd, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def _wait_for_checkpoint(out: Path, process: subprocess.Popen, reached, timeout: float = 180):
@@ -114,7 +130,6 @@ def _wait_for_checkpoint(out: Path, process: subprocess.Popen, reached, timeout:
             process.communicate()[0]
         )
         time.sleep(0.01)
-    process.kill()
     raise AssertionError("no such checkpoint in time")
 
 
@@ -185,7 +200,7 @@ def test_crash_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_pa
     args = ["train", *CELL, f"out_dir={out}", "checkpoint_every_steps=3"]
     crashed = subprocess.run(
         [sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True,
-        timeout=300,
+        timeout=300, env={**os.environ, **ENV},
     )  # fmt: skip
     assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
     run_dir = _cell_dir(out)
@@ -194,7 +209,7 @@ def test_crash_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_pa
     assert _load(run_dir / rundir.CHECKPOINT)["progress"]["step"] == 3  # the previous one
     assert not (run_dir / rundir.METRICS).exists()
 
-    resumed = run_cli(args, cwd=tmp_path)
+    resumed = run_cli(args, cwd=tmp_path, env=ENV)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming from checkpoint: epoch 1, batch 3, step 3" in resumed.stdout
     assert not torn.exists()
@@ -203,9 +218,9 @@ def test_crash_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_pa
 
 # ---- 2. exact resume after SIGKILL -------------------------------------------------------------
 
-# Checkpoints every 3 steps (steps 3, 6, 9, 12, 15, the epoch's end at 16, then 18, 21, ...):
-# killed in epoch 1 between two log lines, in epoch 1 on one, and in epoch 2 after an epoch end.
-KILL_AT_STEP = [3, 12, 21]
+# Checkpoints every 3 steps (steps 3, 6, the epoch's end at 8, then 9, 12, 15): killed in epoch 1
+# between two log lines, in epoch 1 on one, and in epoch 2 (after an epoch end) between two.
+KILL_AT_STEP = [3, 6, 9]
 
 
 @pytest.mark.slow
@@ -213,10 +228,10 @@ KILL_AT_STEP = [3, 12, 21]
 def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_result(tmp_path, reference, kill_at):
     out = tmp_path / "out"
     args = ["train", *CELL, f"out_dir={out}", "checkpoint_every_steps=3"]
-    process = _start(args, tmp_path)
-    _wait_for_checkpoint(out, process, lambda p: p["step"] >= kill_at)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
+    with _running(args, tmp_path) as process:
+        _wait_for_checkpoint(out, process, lambda p: p["step"] >= kill_at and p["batch_in_epoch"])
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
     run_dir = _cell_dir(out)
     killed_at = _load(run_dir / rundir.CHECKPOINT)["progress"]
     print(f"killed with the checkpoint at step {killed_at['step']}, "
@@ -224,7 +239,7 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_result(tmp_path, r
     assert 0 < killed_at["batch_in_epoch"] < STEPS_PER_EPOCH  # in the middle of an epoch
     assert not (run_dir / rundir.METRICS).exists()
 
-    resumed = run_cli(args, cwd=tmp_path)
+    resumed = run_cli(args, cwd=tmp_path, env=ENV)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"batch {killed_at['batch_in_epoch']}, step {killed_at['step']}" in resumed.stdout
     assert_same_result(reference, run_dir)
@@ -236,19 +251,20 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_result(tmp_path, r
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_exits_and_the_rerun_resumes(tmp_path, reference):
     out = tmp_path / "out"
-    args = ["train", *CELL, f"out_dir={out}"]  # checkpoints at epoch ends only
-    process = _start(args, tmp_path)
-    _wait_for_checkpoint(out, process, lambda p: p["epoch"] == 1)  # epoch 2 has begun
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == -signal.SIGTERM, output
-    assert "preempted: checkpoint saved" in output
+    args = ["train", *CELL, f"out_dir={out}", "checkpoint_every_steps=3"]
+    with _running(args, tmp_path) as process:
+        seen = _wait_for_checkpoint(out, process, lambda p: p["step"] >= 9)  # in epoch 2
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    assert process.returncode == -signal.SIGTERM, output  # the signal's own exit, once saved
     run_dir = _cell_dir(out)
     saved = _load(run_dir / rundir.CHECKPOINT)["progress"]
-    assert STEPS_PER_EPOCH < saved["step"] <= TOTAL_STEPS  # written on SIGTERM, in epoch 2
+    assert saved["step"] > seen["step"]  # a checkpoint written after the signal came
+    expected = f"preempted: checkpoint saved at epoch {saved['epoch'] + 1}, step {saved['step']}"
+    assert expected in output
     assert not (run_dir / rundir.METRICS).exists()
 
-    resumed = run_cli(args, cwd=tmp_path)
+    resumed = run_cli(args, cwd=tmp_path, env=ENV)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"step {saved['step']}" in resumed.stdout
     assert_same_result(reference, run_dir)
@@ -263,30 +279,38 @@ def test_a_diverged_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     # lr 1e30 turns the loss to NaN within a couple of steps. A log line only every 50 steps but
     # a checkpoint every step: divergence must be caught before a checkpoint is written.
     sweep = run_cli(
-        ["sweep", *tiny("epochs=1", "optim.base_lr=1e30,0.1"), "log_every_steps=50",
-         "checkpoint_every_steps=1", f"out_dir={out}"], cwd=tmp_path,
+        ["sweep", *QUICK, "norm=bn,gn", "optim.base_lr=1e30,0.1", "log_every_steps=50",
+         "checkpoint_every_steps=1", f"out_dir={out}"], cwd=tmp_path, env=ENV,
     )  # fmt: skip
     assert sweep.returncode == 0, sweep.stdout + sweep.stderr
-    cells = {p.name: p for p in out.glob("*/*") if p.is_dir()}
-    (diverged,) = [p for name, p in cells.items() if "optim.base_lr=1e30" in name]
-    (healthy,) = [p for name, p in cells.items() if "optim.base_lr=0.1" in name]
-    metrics = json.loads((diverged / rundir.METRICS).read_text())
-    assert metrics["status"] == "diverged"
-    step = metrics["diverged_at_step"]
-    assert isinstance(step, int) and 1 <= step < STEPS_PER_EPOCH
-    assert f"NaN or inf at step {step}" in metrics["error"]
-    assert _load(diverged / rundir.CHECKPOINT)["progress"]["step"] < step  # no NaN checkpoint
-    assert json.loads((healthy / rundir.METRICS).read_text())["status"] == "finished"
-    assert "diverged" in sweep.stdout  # the sweep's report
+    cells = {p.name: p for p in out.glob("*/*") if (p / rundir.CONFIG).exists()}
+    assert len(cells) == 4
+    diverged = [p for name, p in cells.items() if "optim.base_lr=1e+30" in name]
+    healthy = [p for name, p in cells.items() if "optim.base_lr=0.1" in name]
+    assert len(diverged) == len(healthy) == 2
+    for run_dir in diverged:  # the first cell of each norm: the sweep went on after it
+        metrics = json.loads((run_dir / rundir.METRICS).read_text())
+        assert metrics["status"] == "diverged"
+        step = metrics["diverged_at_step"]
+        assert isinstance(step, int) and 1 <= step < 4
+        assert f"NaN or inf at step {step}" in metrics["error"]
+        assert _load(run_dir / rundir.CHECKPOINT)["progress"]["step"] < step  # no NaN state
+        assert f"{run_dir.name}: diverged (at step {step})" in sweep.stdout  # the sweep's report
+    for run_dir in healthy:
+        assert json.loads((run_dir / rundir.METRICS).read_text())["status"] == "finished"
 
-    assert main(["report", str(diverged.parent)]) == 0
+    assert main(["report", str(out / "synthetic-resnet8")]) == 0
     report = capsys.readouterr().out
-    assert f"{diverged.name}: diverged (at step {step})" in report
+    assert "2 finished, 2 diverged" in report and "(1 diverged)" in report
 
-    again = run_cli(["train", *tiny("epochs=1", "optim.base_lr=1e30"), f"out_dir={out}"],
-                    cwd=tmp_path)  # fmt: skip
-    assert again.returncode == 0 and "diverged" in again.stdout  # a result: not rerun
-    assert json.loads((diverged / rundir.METRICS).read_text()) == metrics
+    # A diverged cell is a result: `train` with the same values (spelt 1e30, which Hydra's sweep
+    # wrote 1e+30) finds it and does not train again.
+    (bn_diverged,) = [p for p in diverged if "norm=bn" in p.name]
+    before = (bn_diverged / rundir.METRICS).read_text()
+    again = run_cli(["train", *QUICK, "optim.base_lr=1e30", f"out_dir={out}"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"run directory: {bn_diverged}" in again.stdout and "diverged" in again.stdout
+    assert (bn_diverged / rundir.METRICS).read_text() == before
 
 
 # ---- 5. two sweeps at once ----------------------------------------------------------------------
@@ -300,10 +324,12 @@ def _starts(run_dir: Path) -> int:
 @pytest.mark.slow
 def test_two_sweeps_at_once_run_each_cell_exactly_once(tmp_path):
     out = tmp_path / "out"
-    common = [*tiny("epochs=1"), f"out_dir={out}"]
-    first = _start(["sweep", *common, "norm=bn,gn,ln"], tmp_path)
-    second = _start(["sweep", *common, "norm=gn,bn"], tmp_path)
-    outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    common = [*QUICK, f"out_dir={out}"]
+    with (
+        _running(["sweep", *common, "norm=bn,gn,ln"], tmp_path) as first,
+        _running(["sweep", *common, "norm=gn,bn"], tmp_path) as second,
+    ):
+        outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outputs
 
     cells = sorted(p.parent for p in out.glob("*/*/config.yaml"))
@@ -313,7 +339,7 @@ def test_two_sweeps_at_once_run_each_cell_exactly_once(tmp_path):
         assert metrics["status"] == "finished", run_dir.name
         assert _starts(run_dir) == 1, run_dir.name
         assert len(_rows(run_dir / rundir.HISTORY)) == 1
-        assert _load(run_dir / rundir.CHECKPOINT)["progress"]["step"] == STEPS_PER_EPOCH
+        assert _load(run_dir / rundir.CHECKPOINT)["progress"]["step"] == 4
         assert _temp_files(run_dir) == []
     skipped = sum(out.count("another process is running") + out.count("already finished")
                   for out in outputs)  # fmt: skip
@@ -322,11 +348,11 @@ def test_two_sweeps_at_once_run_each_cell_exactly_once(tmp_path):
 
 def test_a_cell_held_by_another_process_is_left_alone(tmp_path):
     out = tmp_path / "out"
-    args = ["train", *TINY, f"out_dir={out}"]
-    run_dir = out / "synthetic-resnet8" / rundir.cell_name(TINY, "bn", 8)
+    args = ["train", *QUICK, f"out_dir={out}"]
+    run_dir = out / "synthetic-resnet8" / rundir.cell_name(QUICK, "bn", 8)
     run_dir.mkdir(parents=True)
     with FileLock(str(run_dir / rundir.LOCK)):
-        busy = run_cli(args, cwd=tmp_path)
+        busy = run_cli(args, cwd=tmp_path, env=ENV)
     assert busy.returncode == 0, busy.stderr
     assert "another process is running this cell" in busy.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == [rundir.LOCK]  # nothing written
@@ -335,12 +361,13 @@ def test_a_cell_held_by_another_process_is_left_alone(tmp_path):
 # ---- 7. a full disk -----------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name open files")
 def test_full_disk_fails_the_cell_naming_the_file_and_keeps_what_was_saved(
     tmp_path, monkeypatch
 ):
     out = tmp_path / "out"
     monkeypatch.chdir(tmp_path)
-    args = ["train", *TINY, f"out_dir={out}", "log_every_steps=4"]
+    args = ["train", *tiny("dataset.train_size=32", "dataset.val_size=16"), f"out_dir={out}"]
     real_fsync, state = os.fsync, {"full": False}
 
     def fsync(fd: int) -> None:

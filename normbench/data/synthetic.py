@@ -89,6 +89,13 @@ NUISANCE = {
     "noise": (0.02, 0.1),  # pixel noise std
     "orient_jitter": (-0.09, 0.09),
     "gl_rot": (-0.3, 0.3),
+    "class_tint": (0.0, 0.0),
+    "rho_lo": (0.08, 0.13),
+    "rho_hi": (0.2, 0.3),
+    "sig_rho": (0.02, 0.04),
+    "sig_theta": (0.15, 0.3),
+    "ang_jit": (-0.12, 0.12),
+    "mix": (0.0, 0.7),
     "aspect": (0.85, 1.18),
 }
 MODE = "shape"
@@ -108,12 +115,17 @@ def _draw_params(gen: torch.Generator, n: int) -> dict[str, torch.Tensor]:
     bg = u("bg", 3)
     sign = torch.where(torch.rand(n, 1, generator=gen) < 0.5, -1.0, 1.0)
     fg = bg + sign * u("fg_contrast", 1) + u("fg_tint", 3)
+    hue = labels.float() * (2 * math.pi / NUM_CLASSES)
+    phases = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3])
+    class_tint = torch.cos(hue[:, None] - phases)  # zero-mean RGB direction of the class hue
+    fg = fg + u("class_tint", 1) * class_tint
     shape_id = labels if MODE == "shape" else torch.randint(0, 10, (n,), generator=gen)
     tex_dir = angle()
     if MODE == "orient":
         tex_dir = labels * (math.pi / NUM_CLASSES) + u("orient_jitter")
     return {
         "labels": labels,
+        "shape_id": shape_id,
         "lobes": torch.tensor(_LOBES, dtype=torch.float32)[shape_id % len(_LOBES)],
         "ring": (shape_id >= len(_LOBES)).float(),
         "cx": u("center"),
@@ -128,6 +140,14 @@ def _draw_params(gen: torch.Generator, n: int) -> dict[str, torch.Tensor]:
         "tex_freq": u("tex_freq"),
         "tex_dir": tex_dir,
         "gl_rot": u("gl_rot"),
+        "rho_lo": u("rho_lo"),
+        "rho_hi": u("rho_hi"),
+        "sig_rho": u("sig_rho"),
+        "sig_theta": u("sig_theta"),
+        "ang_jit": u("ang_jit"),
+        "mix": u("mix"),
+        "distractor": torch.randint(0, NUM_CLASSES, (n,), generator=gen),
+        "tex_rgb": 0.6 + 0.4 * torch.rand(n, 3, generator=gen),
         "aspect": _log_uniform(gen, *r["aspect"], n),
         "tex_phase": angle(),
         "grad_amp": u("grad_amp"),
@@ -188,6 +208,60 @@ def _glyph_inside(labels, u, v):
     return out
 
 
+def _texture(fam_all, p, xs, ys, radius, theta):
+    fam = _col(fam_all % 5)
+    band = _col((fam_all // 5).float())
+    k = math.pi * _col(p["tex_freq"]) * (1 + band)
+    th, ph = _col(p["tex_dir"]), _col(p["tex_phase"])
+    def grat(a):
+        return torch.cos(k * (xs * torch.cos(th + a) + ys * torch.sin(th + a)) + ph)
+    stripes = grat(0.0)
+    plaid = (grat(0.0) + grat(math.pi / 2)) / 2
+    hexa = (grat(0.0) + grat(math.pi / 3) + grat(2 * math.pi / 3)) / 1.5
+    rings = torch.cos(k * radius + ph)
+    spokes = torch.cos(torch.round(k * _col(p["r0"])) * (theta - th))
+    out = torch.where(fam == 0, stripes, plaid)
+    out = torch.where(fam == 2, hexa, out)
+    out = torch.where(fam == 3, rings, out)
+    return torch.where(fam == 4, spokes, out).clamp(-1, 1)
+
+
+_ANGLES = (0.0, math.pi / 6, math.pi / 3, math.pi / 2, None)
+
+
+def _envelope(cls, p, rho, phi, key):
+    """Spectral envelope (n, 1, S, S) of classes cls: a ring at radius rho0, narrowed in angle."""
+    band = (cls // 5).float()
+    rho0 = _col(torch.where(band == 0, p[key + "lo"], p[key + "hi"]))
+    radial = torch.exp(-((rho - rho0) ** 2) / (2 * _col(p["sig_rho"]) ** 2))
+    fam = cls % 5
+    ang = torch.ones_like(radial)
+    for f, theta in enumerate(_ANGLES):
+        if theta is None:
+            continue
+        out = 0
+        for t in (theta, -theta):
+            d = torch.remainder(phi - t - _col(p["ang_jit"]) + math.pi / 2, math.pi) - math.pi / 2
+            out = out + torch.exp(-(d**2) / (2 * _col(p["sig_theta"]) ** 2))
+        ang = torch.where(_col(fam) == f, out.clamp(max=1), ang)
+    return radial * ang
+
+
+def _spectral(p, size, gen):
+    n = p["labels"].shape[0]
+    f = torch.fft.fftfreq(size)
+    fy, fx = f.view(1, 1, size, 1), f.view(1, 1, 1, size)
+    rho = torch.sqrt(fx * fx + fy * fy)
+    phi = torch.atan2(fy, fx)
+    env = _envelope(p["labels"], p, rho, phi, "rho_") + _col(p["mix"]) * _envelope(
+        p["distractor"], p, rho, phi, "rho_")
+    noise = torch.randn(n, 1, size, size, generator=gen)
+    tex = torch.fft.ifft2(torch.fft.fft2(noise) * env).real
+    tex = tex / tex.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    colour = p["tex_rgb"].view(n, 3, 1, 1)
+    return tex * colour
+
+
 def _render(p: dict[str, torch.Tensor], size: int, gen: torch.Generator) -> torch.Tensor:
     """Images (n, 3, size, size) uint8 from the parameters of n images; pixel noise from gen."""
     n = p["labels"].shape[0]
@@ -199,11 +273,12 @@ def _render(p: dict[str, torch.Tensor], size: int, gen: torch.Generator) -> torc
     radius = torch.sqrt(dx * dx + dy * dy)
     theta = torch.atan2(dy, dx)
     sharp = size  # signed distance (image half-widths) -> about 2 sigmoid units per pixel
-    if MODE == "glyph":
+    if MODE in ("glyph", "glyphtex", "tex"):
         c, s_ = _col(torch.cos(p["gl_rot"])), _col(torch.sin(p["gl_rot"]))
         u = (dx * c + dy * s_) / (_col(p["r0"]) * _col(p["aspect"]))
         v = -(-dx * s_ + dy * c) / (_col(p["r0"]) / _col(p["aspect"]))
-        inside = _glyph_inside(p["labels"], u, v) * _col(p["r0"])
+        gl = p["shape_id"] if MODE == "tex" else p["labels"]
+        inside = _glyph_inside(gl, u, v) * _col(p["r0"])
     else:
         outline = _col(p["r0"]) * (
             1 + _col(p["depth"]) * torch.cos(_col(p["lobes"]) * (theta - _col(p["rot"])))
@@ -211,16 +286,19 @@ def _render(p: dict[str, torch.Tensor], size: int, gen: torch.Generator) -> torc
         inside = outline - radius
     mask = torch.sigmoid(inside * sharp)
     ring = torch.sigmoid((_col(p["ring_width"]) - inside) * sharp)
-    if MODE != "glyph":
+    if MODE not in ("glyph", "glyphtex", "tex"):
         mask = mask * (1 - _col(p["ring"]) * (1 - ring))
 
     # Object: flat colour times an oriented grating.
-    if True:
+    if MODE in ("tex", "glyphtex"):
+        fam = p["labels"] % 5 if MODE == "glyphtex" else p["labels"]
+        fg = p["fg"].view(n, 3, 1, 1) + _col(p["tex_amp"]) * _texture(fam, p, xs, ys, radius, theta)
+    else:
         along = xs * _col(torch.cos(p["tex_dir"])) + ys * _col(torch.sin(p["tex_dir"]))
         grating = 1 + _col(p["tex_amp"]) * torch.sin(
             math.pi * _col(p["tex_freq"]) * along + _col(p["tex_phase"])
         )
-    fg = p["fg"].view(n, 3, 1, 1) * grating
+        fg = p["fg"].view(n, 3, 1, 1) * grating
 
     # Background: flat colour, a linear brightness gradient and two coloured Gaussian blobs.
     slope = xs * _col(torch.cos(p["grad_dir"])) + ys * _col(torch.sin(p["grad_dir"]))
@@ -231,7 +309,11 @@ def _render(p: dict[str, torch.Tensor], size: int, gen: torch.Generator) -> torc
         bump = torch.exp(-d2 / (2 * _col(p["blob_sigma"][:, b]) ** 2))
         bg = bg + p["blob_rgb"][:, b].view(n, 3, 1, 1) * bump
 
-    img = bg * (1 - mask) + fg * mask
+    if MODE == "spectral":
+        img = p["bg"].view(n, 3, 1, 1) + _col(p["tex_amp"]) * _spectral(p, size, gen)
+        img = img + 0 * mask
+    else:
+        img = bg * (1 - mask) + fg * mask
     # Photometric nuisances: these make batch statistics of a few images swing widely.
     gain = _col(p["gain"]) * p["channel_gain"].view(n, 3, 1, 1)
     img = (img - 0.5) * gain + 0.5 + _col(p["shift"])

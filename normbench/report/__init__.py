@@ -11,7 +11,6 @@ written to a temporary name and renamed into place, so a crash never leaves half
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from normbench.report.tables import (
     format_number_frame,
     markdown_table,
 )
+from normbench.track.rundir import atomic_write_bytes
 
 __all__ = [
     "Report",
@@ -79,16 +79,8 @@ class Report:
 
 
 def write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename (all or nothing)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``data`` to ``path`` all or nothing (temporary file, fsync, rename)."""
+    atomic_write_bytes(path, data)
     return path
 
 

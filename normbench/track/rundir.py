@@ -63,10 +63,24 @@ def cell_overrides(overrides: Iterable[str], norm: str, batch: int) -> dict[str,
             continue
         key, value = item.split("=", 1)
         if _is_science_key(key):
-            pairs[key.lstrip("+~")] = value
+            pairs[key.lstrip("+~")] = _canonical(value)
     pairs.setdefault("norm", norm)
     pairs.setdefault("batch", str(batch))
     return dict(sorted(pairs.items()))
+
+
+def _canonical(value: str) -> str:
+    """One spelling per number: Hydra rewrites swept floats (1e30 -> 1e+30, 1e-3 -> 0.001), so
+    `train` and `sweep` name the same cell alike only if both go through float()."""
+    try:
+        int(value)
+        return value
+    except ValueError:
+        pass
+    try:
+        return str(float(value))
+    except ValueError:
+        return value
 
 
 def cell_name(overrides: Iterable[str], norm: str, batch: int) -> str:
@@ -117,7 +131,7 @@ def _naming(error: OSError, path: Path) -> OSError:
     """`error`, or the same error naming `path` when it names no file (ENOSPC from write())."""
     if error.filename is not None:
         return error
-    return OSError(error.errno, error.strerror, str(path))
+    return OSError(error.errno, error.strerror or str(error), str(path))
 
 
 def _fsync_dir(directory: Path) -> None:
