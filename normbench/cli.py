@@ -76,9 +76,16 @@ def _log_report_to_wandb(report, config) -> None:
 
     from normbench.track.wandb_tracker import log_report
 
-    images = {p.stem: p for p in report.paths if p.suffix == ".png" and p.parent == report.out_dir}
+    images = {
+        str(p.relative_to(report.out_dir).with_suffix("")): p
+        for p in report.paths
+        if p.suffix == ".png"
+    }
     plain = OmegaConf.to_container(OmegaConf.structured(config))
-    log_report(report.sweep_dir, report.experiment, report.cells, images, plain)
+    try:
+        log_report(report.sweep_dir, report.experiment, report.cells, images, plain)
+    except Exception as e:  # the report on disk is the record; W&B is a mirror of it
+        print(f"normbench: warning: the report was not logged to W&B: {e}", file=sys.stderr)
 
 
 def _cmd_report(args: list[str]) -> int:

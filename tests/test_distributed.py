@@ -46,3 +46,18 @@ def test_two_processes_match_one_process_emulating_two_gpus(tmp_path, tiny, eval
             torch.testing.assert_close(value, weights[2][name], rtol=1e-3, atol=1e-4, msg=name)
         else:
             assert torch.equal(value, weights[2][name]), name
+
+
+def _fail_on_rank_one(message: str) -> None:
+    import os
+
+    if os.environ["RANK"] == "1":
+        raise RuntimeError(message)
+
+
+@pytest.mark.slow
+def test_a_dying_worker_fails_the_job_naming_its_rank():
+    from normbench.train.distributed import WorkerFailed, launch_workers
+
+    with pytest.raises(WorkerFailed, match=r"worker rank 1 failed: .*out of cheese"):
+        launch_workers(_fail_on_rank_one, "out of cheese", nprocs=2, run_id="test-dying-worker")

@@ -259,7 +259,8 @@ def run_name(cell_name: str, config: Mapping[str, Any], tags: Mapping[str, str])
 
 
 def flat_table(table: pd.DataFrame) -> pd.DataFrame:
-    """A DataFrame W&B can show whole: a meaningful index becomes columns, names become text.
+    """A DataFrame W&B can show whole: a meaningful index becomes columns, names become text,
+    missing values None.
 
     The report's tables are pivots (norms x batch sizes), whose index and integer column names
     a wandb.Table would drop or reject.
@@ -273,4 +274,5 @@ def flat_table(table: pd.DataFrame) -> pd.DataFrame:
         "/".join(str(part) for part in col) if isinstance(col, tuple) else str(col)
         for col in table.columns
     ]
-    return flat
+    # Missing values (pandas' NA, NaN) become None: W&B serialises tables as JSON.
+    return flat.astype(object).where(flat.notna(), None)
