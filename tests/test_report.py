@@ -301,3 +301,11 @@ def test_default_out_dir_is_inside_the_sweep_and_is_not_read_as_a_cell(tmp_path:
     assert first.out_dir == sweep / "report"
     assert len(second.cells) == len(first.cells) == 5
     assert (sweep / "report" / "norms_delta.csv").stat().st_size > 0
+
+
+def test_number_frame_with_a_single_column_keeps_signs() -> None:
+    from normbench.report.tables import format_number_frame
+
+    frame = pd.DataFrame({"bn": [12.345, -0.5]}, index=["ours", "vs BN"])
+    text = format_number_frame(frame, signed_rows=["vs BN"])
+    assert text.loc["ours", "bn"] == "12.35" and text.loc["vs BN", "bn"] == "-0.50"

@@ -290,10 +290,15 @@ def build_tables(cells: pd.DataFrame, metric: str = "val_error_median5") -> list
 
 def format_number_frame(frame: pd.DataFrame, signed_rows: Iterable[str] = ()) -> pd.DataFrame:
     """Numbers as text for printing: 2 decimals, a sign in ``signed_rows``, blank where missing."""
-    text = frame.map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
-    for row in set(signed_rows) & set(frame.index):
-        text.loc[row] = ["" if pd.isna(v) else f"{v:+.2f}" for v in frame.loc[row]]
-    return text
+    signed = set(signed_rows)
+
+    def text(value: object, row: object) -> str:
+        if pd.isna(value):
+            return ""
+        return f"{value:+.2f}" if row in signed else f"{value:.2f}"
+
+    columns = {col: [text(v, row) for row, v in frame[col].items()] for col in frame.columns}
+    return pd.DataFrame(columns, index=frame.index, columns=frame.columns, dtype=object)
 
 
 def markdown_table(frame: pd.DataFrame, corner: str = "") -> str:
