@@ -1,0 +1,98 @@
+"""`normbench sweep`: the grid, one run directory per cell, skipping finished cells, forced
+reruns that keep the old result, the launchers, and the experiments' grids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from normbench.hydra_app import expand_sweep
+
+
+def _cells(sweep_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    from conftest import TINY
+
+    root = tmp_path_factory.mktemp("sweep")
+    args = ["sweep", *TINY, "name=tiny", "norm=bn,gn", f"out_dir={root / 'runs'}"]
+    first = run_cli(args, cwd=root)
+    assert first.returncode == 0, first.stdout + first.stderr
+    return root, args, first
+
+
+@pytest.mark.slow
+def test_a_two_cell_sweep_writes_one_directory_per_cell_and_a_report(swept):
+    root, _, first = swept
+    sweep_dir = root / "runs" / "tiny"
+    cells = _cells(sweep_dir)
+    assert sorted(m["norm"] for m in cells.values()) == ["bn", "gn"]
+    assert all(m["status"] == "finished" and m["total_batch"] == 16 for m in cells.values())
+    assert "[cell 1/2]" in first.stdout and "[cell 2/2]" in first.stdout
+    report = sweep_dir / "report"
+    assert (report / "report.md").stat().st_size > 0 and (report / "cells.csv").exists()
+    table = (report / "report.md").read_text()
+    for m in cells.values():  # the printed and written tables hold the cells' numbers
+        assert f"{m['val_error_median5']:.2f}" in table
+        assert f"{m['val_error_median5']:.2f}" in first.stdout
+
+
+@pytest.mark.slow
+def test_rerunning_a_sweep_skips_finished_cells_and_rerun_true_archives(swept):
+    root, args, _ = swept
+    sweep_dir = root / "runs" / "tiny"
+    before = {name: (sweep_dir / name / "metrics.json").read_bytes() for name in _cells(sweep_dir)}
+    again = run_cli(args, cwd=root)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skip ") == 2 and "epoch 1/" not in again.stdout
+    assert {n: (sweep_dir / n / "metrics.json").read_bytes() for n in before} == before
+
+    forced = run_cli([*args[:-2], "norm=gn", args[-1], "rerun=true"], cwd=root)
+    assert forced.returncode == 0, forced.stderr
+    gn_cell = next(n for n in before if ",norm=gn" in n)
+    archived = list((sweep_dir / gn_cell / "archive").glob("*/metrics.json"))
+    assert len(archived) == 1 and archived[0].read_bytes() == before[gn_cell]
+    assert "epoch 1/" in forced.stdout
+
+
+@pytest.mark.slow
+def test_the_local_submitit_launcher_runs_the_cells(tmp_path, tiny):
+    args = ["sweep", *tiny, "epochs=1", "launcher=local", "name=loc", "batch=8,4"]
+    result = run_cli([*args, f"out_dir={tmp_path / 'runs'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    cells = _cells(tmp_path / "runs" / "loc")
+    assert sorted(m["batch"] for m in cells.values()) == [4, 8]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "count", "axes"),
+    [
+        ("mini-batch", 10, {"norm", "batch"}),
+        ("mini-norms", 4, {"norm"}),
+        ("mini-groups", 7, {"norm.groups"}),
+        ("mini-group-size", 7, {"norm.group_size"}),
+        ("paper-batch", 10, {"norm", "batch"}),
+        ("paper-norms", 4, {"norm"}),
+        ("paper-groups", 7, {"norm.groups"}),
+        ("paper-group-size", 7, {"norm.group_size"}),
+    ],
+)
+def test_experiments_define_the_papers_grids(experiment, count, axes):
+    cells = expand_sweep([f"experiment={experiment}"])
+    assert len(cells) == count
+    keys = {o.split("=", 1)[0] for cell in cells for o in cell} - {"experiment"}
+    assert keys == axes
+
+
+def test_command_line_values_replace_an_experiments_grid_axis():
+    cells = expand_sweep(["experiment=mini-batch", "batch=4,2"])
+    assert len(cells) == 4 and {c for cell in cells for c in cell if c.startswith("batch")} == {
+        "batch=4",
+        "batch=2",
+    }
