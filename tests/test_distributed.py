@@ -39,7 +39,9 @@ def test_two_processes_match_one_process_emulating_two_gpus(tmp_path, tiny, eval
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-12)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
 
-    weights = {d: torch.load(r / "checkpoint.pt", weights_only=False)["model"] for d, r in runs.items()}
+    weights = {
+        d: torch.load(r / "checkpoint.pt", weights_only=False)["model"] for d, r in runs.items()
+    }
     assert weights[1].keys() == weights[2].keys()
     for name, value in weights[1].items():
         if value.is_floating_point():

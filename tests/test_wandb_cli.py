@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from wandb_records import config, exit_code, history_rows, read_records, run_files, run_info, summary
+from wandb_records import (
+    config,
+    exit_code,
+    history_rows,
+    read_records,
+    run_files,
+    run_info,
+    summary,
+)
 
 
 def _env(home: Path) -> dict[str, str]:

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from normbench.config import Config, as_config, gpus_per_device, learning_rate, total_batch
 from normbench.data import build_datasets
+from normbench.logs import EpochProgress
 from normbench.models import build_model
 from normbench.norms import get_norm_spec, set_emulated_gpus, sync_running_stats
 from normbench.track import rundir
@@ -178,6 +179,7 @@ class Trainer:
         )  # fmt: skip
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
         self.progress = Progress()
+        self.bar = EpochProgress(cfg.progress and env.is_main)
         self._resume()
         self.net = self._wrap_ddp(self.model)
 
@@ -276,6 +278,7 @@ class Trainer:
                 p.steps.append({"step": p.step, "epoch": epoch, "train_loss": loss_sum / count,
                                 "lr": lr})  # fmt: skip
                 tracker.log({"train/loss": loss_sum / count, "lr": lr, "epoch": epoch}, p.step)
+                self.bar.update(p.batch_in_epoch, loss_sum / count)
             if env.world_size == 1:
                 stop = guard.requested  # alone: no need to agree with anyone, stop at once
             periodic = cfg.checkpoint_every_steps and p.step % cfg.checkpoint_every_steps == 0
@@ -344,7 +347,11 @@ class Trainer:
         while p.epoch < cfg.epochs:
             epoch_start = time.perf_counter()
             time_before = p.train_time
-            train = self.train_epoch(tracker, guard)
+            self.bar.start(p.epoch + 1, cfg.epochs, self.steps_per_epoch, p.batch_in_epoch)
+            try:
+                train = self.train_epoch(tracker, guard)
+            finally:
+                self.bar.stop()
             if self.bn_eval_stats == "average":
                 sync_running_stats(self.model)
             val_loss, val_error = evaluate(self.model, self.val_loader, cfg, env)
