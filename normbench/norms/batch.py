@@ -44,7 +44,9 @@ def fold_chunks(x: torch.Tensor, chunks: int) -> torch.Tensor:
 
 def unfold_chunks(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`fold_chunks`, restoring the shape and memory format of ``like``."""
-    y = y.view(like.shape)
+    # _unsafe_view: the same free reshape, but not an autograd view of the norm's output, so the
+    # in-place ReLU that follows takes the fast path (a view costs extra copies in backward).
+    y = torch.ops.aten._unsafe_view(y, like.shape)
     if like.is_contiguous() or not like.is_contiguous(memory_format=torch.channels_last):
         return y
     return y.contiguous(memory_format=torch.channels_last)

@@ -9,6 +9,7 @@ FRN without TLU there and a standalone :class:`TLU` after the addition.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -29,7 +30,10 @@ class TLU(nn.Module):
         return str(self.num_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(x, _per_channel(self.tau).to(x.dtype))
+        # max(x, tau) = relu(x - tau) + tau: same values, and ReLU's backward is several times
+        # faster than maximum's on CPU (gradients differ only at exact ties x == tau).
+        tau = _per_channel(self.tau).to(x.dtype)
+        return F.relu(x - tau) + tau
 
 
 class FilterResponseNorm2d(nn.Module):

@@ -91,7 +91,10 @@ def build_optimizer(model: nn.Module, cfg: Config, lr: float) -> torch.optim.SGD
         {"params": other, "weight_decay": cfg.optim.weight_decay},
         {"params": norm_params, "weight_decay": norm_decay},
     ]
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
+    # foreach: one fused update over all parameters (torch enables it by default on CUDA only).
+    return torch.optim.SGD(
+        groups, lr=lr, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, foreach=True
+    )
 
 
 def _autocast(cfg: Config, device: torch.device):
