@@ -12,7 +12,7 @@ NB := $(BIN)/normbench
 EXPERIMENT ?= mini
 ARGS ?=
 
-.PHONY: help setup demo test lint table-batch table-norms ablation-groups fashion bench report clean
+.PHONY: help setup demo test lint table-batch table-norms ablation-groups fashion results bench report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,11 +46,12 @@ ablation-groups: setup ## Table 3: GN with G = 64..1 groups, then 64..1 channels
 	$(NB) sweep experiment=$(EXPERIMENT)-group-size $(ARGS)
 
 fashion: setup ## the batch sweep and the group ablation on Fashion-MNIST (apt-get install dataset-fashion-mnist)
-	$(NB) sweep experiment=$(EXPERIMENT)-batch dataset=fashion_mnist $(ARGS)
-	$(NB) sweep experiment=$(EXPERIMENT)-groups dataset=fashion_mnist $(ARGS)
-	$(NB) sweep experiment=$(EXPERIMENT)-group-size dataset=fashion_mnist $(ARGS)
+	$(BIN)/python scripts/reproduce.py fashion_mnist-batch fashion_mnist-groups
 
-report: setup ## rebuild the report of a sweep: make report DIR=runs/mini-batch
+results: setup ## regenerate every committed CPU-scale result under results/ (about an hour on 2 cores)
+	$(BIN)/python scripts/reproduce.py
+
+report: setup ## rebuild the report of a sweep: make report DIR=runs/synthetic-resnet20
 	$(NB) report $(DIR)
 
 bench: setup ## speed benchmarks (results/bench/*.md)
@@ -59,6 +60,7 @@ bench: setup ## speed benchmarks (results/bench/*.md)
 	$(BIN)/python scripts/bench_norms.py
 	$(BIN)/python scripts/bench_data.py
 	$(BIN)/python scripts/bench_gpu.py
+	$(BIN)/python scripts/bench_sweep.py
 
 clean: ## remove caches (never runs/ or results/)
 	rm -rf .pytest_cache .ruff_cache

@@ -120,7 +120,10 @@ _BUILDERS: dict[str, tuple[Callable[[_Request], DatasetBundle], str]] = {
         _build_fashion_mnist,
         "Fashion-MNIST, 10 classes, 28x28 grey, 60k/10k (IDX files; Debian dataset-fashion-mnist)",
     ),
-    "cifar10": (_cifar_builder("cifar10"), "CIFAR-10, 10 classes, 32x32 RGB, 50k/10k (torchvision)"),
+    "cifar10": (
+        _cifar_builder("cifar10"),
+        "CIFAR-10, 10 classes, 32x32 RGB, 50k/10k (torchvision)",
+    ),
     "cifar100": (
         _cifar_builder("cifar100"),
         "CIFAR-100, 100 classes, 32x32 RGB, 50k/10k (torchvision)",

@@ -68,7 +68,7 @@ def find_files(root: str | None) -> dict[str, Path]:
 def read_idx(path: Path, ndim: int) -> np.ndarray:
     """Parse an IDX file of unsigned bytes with ``ndim`` dimensions; UserError if malformed."""
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as err:
         raise UserError(f"corrupt IDX file {path}: {err}") from err
     header = 4 + 4 * ndim
