@@ -24,7 +24,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from normbench.config import as_config, register_configs
+from normbench.config import as_config, parallel_cells, register_configs
 from normbench.errors import UserError
 from normbench.track.rundir import cell_name, split_override_dirname
 
@@ -34,6 +34,8 @@ SWEEP_TOTAL_ENV = "NORMBENCH_SWEEP_TOTAL"
 
 def _register() -> None:
     register_configs()
+    if not OmegaConf.has_resolver("parallel_cells"):
+        OmegaConf.register_new_resolver("parallel_cells", parallel_cells)
     if not OmegaConf.has_resolver("cell"):
         OmegaConf.register_new_resolver(
             "cell",

@@ -14,9 +14,10 @@ import pytest
 import torch
 import torchvision.datasets.cifar
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from normbench.data import build_datasets, cifar, fashion_mnist, imagenet, list_datasets, synthetic
-from normbench.data.memory import InMemoryImageDataset
+from normbench.data.memory import InMemoryImageDataset, collate
 from normbench.errors import UserError
 
 ALL_DATASETS = {"cifar10", "cifar100", "fashion_mnist", "imagenet", "synthetic"}
@@ -40,6 +41,11 @@ def test_unknown_dataset_lists_the_allowed_names():
         _build("cifar1000", None)
     assert "cifar1000" in str(err.value)
     assert all(name in str(err.value) for name in ALL_DATASETS)
+
+
+def test_unknown_bad_images_policy_is_a_user_error():
+    with pytest.raises(UserError, match="bad_images 'ignore'.*fail, skip"):
+        _build("synthetic", None, bad_images="ignore", train_size=10, val_size=10)
 
 
 # ---------------------------------------------------------------- synthetic
@@ -105,6 +111,17 @@ def test_augmentation_changes_with_the_epoch_only():
     assert not torch.equal(first, plain.__getitems__(indices).images)
 
 
+def test_loader_workers_see_set_epoch():
+    """Persistent DataLoader workers hold a copy of the dataset: the epoch must still reach them."""
+    ds = _memory_dataset()
+    loader = DataLoader(ds, batch_size=5, num_workers=1, persistent_workers=True,
+                        collate_fn=collate)  # fmt: skip
+    for epoch in (0, 3):
+        ds.set_epoch(epoch)
+        loaded = torch.cat([images for images, _ in loader])
+        assert torch.equal(loaded, ds.__getitems__(list(range(10))).images)
+
+
 # ---------------------------------------------------------------- Fashion-MNIST
 
 
@@ -147,6 +164,17 @@ def test_fashion_mnist_rejects_a_corrupt_file(tmp_path, monkeypatch):
     bad.write_bytes(bad.read_bytes()[:-5])  # truncated
     with pytest.raises(UserError, match=re.escape(str(bad))):
         fashion_mnist.load(str(tmp_path))
+
+
+def test_fashion_mnist_missing_lists_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path / "env"))
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", str(tmp_path / "system"))
+    with pytest.raises(UserError) as err:
+        _build("fashion_mnist", str(tmp_path / "given"))
+    message = str(err.value)
+    for folder in ("given", "env", "system"):
+        assert str(tmp_path / folder) in message
+    assert "apt-get install dataset-fashion-mnist" in message and "dataset.root" in message
 
 
 @pytest.mark.skipif(
@@ -272,6 +300,19 @@ def test_image_folder_items_after_transforms(tmp_path):
         assert label == 1
     with pytest.raises(IndexError):
         train[12]
+
+
+def test_image_folder_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path):
+    _write_image_folder(tmp_path)
+    train, _ = _imagenet(tmp_path)
+    other_seed, _ = _imagenet(tmp_path, seed=1)
+    state = torch.get_rng_state()
+    first = torch.stack([train[i][0] for i in range(12)])
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator is left alone
+    assert torch.equal(first, torch.stack([train[i][0] for i in reversed(range(12))]).flip(0))
+    assert not torch.equal(first, torch.stack([other_seed[i][0] for i in range(12)]))
+    train.set_epoch(1)
+    assert not torch.equal(first, torch.stack([train[i][0] for i in range(12)]))
 
 
 def test_image_folder_bundle_and_seeded_subsets(tmp_path):

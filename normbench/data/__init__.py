@@ -114,7 +114,7 @@ def _build_imagenet(req: _Request) -> DatasetBundle:
 _BUILDERS: dict[str, tuple[Callable[[_Request], DatasetBundle], str]] = {
     "synthetic": (
         _build_synthetic,
-        "generated 10-class shapes under photometric nuisances, 32x32 RGB, 20k/5k (no files)",
+        "generated 10-class textures under photometric nuisances, 32x32 RGB, 20k/5k (no files)",
     ),
     "fashion_mnist": (
         _build_fashion_mnist,

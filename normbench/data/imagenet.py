@@ -1,11 +1,10 @@
 """ImageNet-style image folders: root/train/<class>/<image> and root/val/<class>/<image>.
 
-Images are decoded from disk per sample (torchvision's ImageFolder), so unlike the in-memory
-datasets augmentation is NOT a function of (seed, epoch, sample index): RandomResizedCrop and
-RandomHorizontalFlip draw from torch's global random generator of whichever process (DataLoader
-worker) loads the sample. A run is reproducible for the same seed, number of processes and
-number of workers, but runs that split the same experiment differently (8 real GPUs vs 8
-emulated ones, another ``dataset.workers``) see different crops of the same images.
+Images are decoded from disk per sample (torchvision's ImageFolder) with torchvision's
+transforms. As for the in-memory datasets, augmentation is a function of (seed, epoch, sample
+index): each sample's transform runs with torch's CPU generator seeded from that triple (and the
+generator's state restored afterwards), so 8 real GPUs, 8 emulated ones and any number of
+DataLoader workers see the same crops of the same images. Call ``set_epoch`` before each epoch.
 """
 
 from __future__ import annotations
@@ -14,12 +13,13 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import datasets, transforms
 
 from normbench.data import check_dataset
-from normbench.data.memory import subsample
+from normbench.data.memory import EpochCounter, sample_hash, subsample
 from normbench.errors import UserError
 
 IMAGE_SIZE = 224
@@ -61,6 +61,7 @@ class ImageFolderDataset(datasets.ImageFolder):
     the next readable sample in index order (wrapping round) is returned instead and the file's
     path is added to :attr:`skipped` (its size is the count). Each DataLoader worker keeps its
     own :attr:`skipped`; every skipped file is also logged as a warning.
+    The random transform of sample ``index`` is fixed by (``seed``, epoch, ``index``).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class ImageFolderDataset(datasets.ImageFolder):
         transform: Callable,
         *,
         bad_images: str = "fail",
+        seed: int = 0,
     ) -> None:
         try:
             super().__init__(str(root), transform=transform)
@@ -76,6 +78,12 @@ class ImageFolderDataset(datasets.ImageFolder):
             raise UserError(f"no images in a class folder of {root}: {err}") from err
         self.bad_images = bad_images
         self.skipped: set[str] = set()
+        self.seed = seed
+        self.epoch = EpochCounter()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation of this epoch (seen by DataLoader workers too)."""
+        self.epoch.set(epoch)
 
     def keep_only(self, indices: Sequence[int]) -> None:
         """Keep only the samples at ``indices`` (in that order), e.g. a seeded subset."""
@@ -91,8 +99,15 @@ class ImageFolderDataset(datasets.ImageFolder):
             path, target = self.samples[(index + offset) % n]
             image = self._read(path)
             if image is not None:
-                return self.transform(image), target
+                return self._transform(image, index), target
         raise UserError(f"no readable image among the {n} files of {self.root}")
+
+    def _transform(self, image: Image.Image, index: int) -> torch.Tensor:
+        """The transform, drawing its randomness from a generator seeded by the sample."""
+        key = sample_hash(self.seed, self.epoch.get(), np.array([index % len(self.samples)]))
+        with torch.random.fork_rng(devices=[]):  # restores the CPU generator afterwards
+            torch.default_generator.manual_seed(int(key[0] >> 1))
+            return self.transform(image)
 
     def _read(self, path: str) -> Image.Image | None:
         """The image as RGB, or None when it is unreadable and the policy is "skip"."""
@@ -130,22 +145,24 @@ def build(
     ``seed`` (None keeps all). Without ``augment`` the train images get the eval transform.
     """
     check_dataset("imagenet", str(root))
-    # The same subset seeds as the in-memory datasets (normbench.data._subsample_pair).
-    train = _split(
-        Path(root) / "train", train_transform(size) if augment else eval_transform(size),
-        bad_images, train_size, seed * 2, "train_size",
-    )  # fmt: skip
-    val = _split(
-        Path(root) / "val", eval_transform(size), bad_images, val_size, seed * 2 + 1, "val_size"
-    )
+    train_tf = train_transform(size) if augment else eval_transform(size)
+    # Subset seeds as for the in-memory datasets (normbench.data._subsample_pair).
+    train = _split(Path(root) / "train", train_tf, bad_images, seed, train_size, seed * 2)
+    val = _split(Path(root) / "val", eval_transform(size), bad_images, seed, val_size, seed * 2 + 1)
     return train, val
 
 
 def _split(
-    folder: Path, transform: Callable, bad_images: str, keep: int | None, seed: int, what: str
+    folder: Path,
+    transform: Callable,
+    bad_images: str,
+    seed: int,
+    keep: int | None,
+    subset_seed: int,
 ) -> ImageFolderDataset:
-    ds = ImageFolderDataset(folder, transform, bad_images=bad_images)
-    idx = subsample(len(ds), keep, seed, what)
+    ds = ImageFolderDataset(folder, transform, bad_images=bad_images, seed=seed)
+    what = f"{folder.name}_size"
+    idx = subsample(len(ds), keep, subset_seed, what)
     if idx is not None:
         ds.keep_only(idx.tolist())
     return ds

@@ -52,6 +52,24 @@ def sample_hash(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
     return _splitmix64(key ^ indices.astype(_U64))
 
 
+class EpochCounter:
+    """The current epoch, held in shared memory.
+
+    DataLoader workers get a copy of the dataset when they start and persistent workers keep it
+    for the whole run, so a plain attribute set by ``set_epoch`` in the main process would never
+    reach them; a shared-memory tensor does (under fork and spawn alike).
+    """
+
+    def __init__(self) -> None:
+        self._value = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def get(self) -> int:
+        return int(self._value)
+
+    def set(self, epoch: int) -> None:
+        self._value.fill_(epoch)
+
+
 def crop_flip_params(
     seed: int, epoch: int, indices: np.ndarray, pad: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -114,7 +132,7 @@ class InMemoryImageDataset(Dataset):
         self.augment = augment
         self.pad = pad
         self.seed = seed
-        self.epoch = 0
+        self.epoch = EpochCounter()
         # x_normalized = x_uint8 * scale + shift, per channel.
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
@@ -126,7 +144,7 @@ class InMemoryImageDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation of this epoch (same role as DistributedSampler.set_epoch)."""
-        self.epoch = epoch
+        self.epoch.set(epoch)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         images, labels = self.__getitems__([index])
@@ -136,7 +154,7 @@ class InMemoryImageDataset(Dataset):
         idx = torch.as_tensor(list(indices), dtype=torch.int64)
         images = self.images[idx]
         if self.augment and self.pad > 0:
-            dy, dx, flip = crop_flip_params(self.seed, self.epoch, idx.numpy(), self.pad)
+            dy, dx, flip = crop_flip_params(self.seed, self.epoch.get(), idx.numpy(), self.pad)
             images = crop_flip(images, dy, dx, flip, self.pad)
         images = images.float().mul_(self._scale).add_(self._shift)
         return Batch(images, self.labels[idx])

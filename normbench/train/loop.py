@@ -400,6 +400,8 @@ def run_worker(run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
     env = init_process(cfg)
+    if env.device.type == "cpu":
+        torch.set_num_threads(cfg.cpu_threads)
     setup_logging(run_dir / rundir.LOG if env.is_main else None, rank=env.rank)
     started = time.time()
     tracker = None
