@@ -12,10 +12,13 @@ one line and exit code 2.
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 
 from normbench.errors import UserError
+from normbench.track.environment import COMMAND_ENV
 
 USAGE = __doc__.split("\n\n", 1)[1].rstrip()
 log = logging.getLogger("normbench")
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: normbench <command> [overrides]\n\n{USAGE}")
         return 0
     command, args = argv[0], argv[1:]
+    os.environ[COMMAND_ENV] = shlex.join(["normbench", *argv])  # recorded in every cell's metrics
     if command not in COMMANDS:
         print(f"normbench: unknown command {command!r} (allowed: {', '.join(COMMANDS)})",
               file=sys.stderr)  # fmt: skip

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import normbench
 from normbench.config import Config, learning_rate, total_batch
 
 JOB = "job.json"  # written by the parent: the command and overrides that created the cell
+COMMAND_ENV = "NORMBENCH_COMMAND"
 
 
 def versions() -> dict[str, str]:
@@ -47,7 +49,9 @@ def git_commit() -> str | None:
 def write_job(run_dir: Path, overrides: dict[str, str]) -> None:
     from normbench.track.rundir import write_json
 
-    command = "normbench " + " ".join(sys.argv[1:]) if sys.argv else ""
+    # The CLI records the user's command line for its workers and sweep jobs (whose own argv is
+    # Hydra's or a launcher's); a direct Python call falls back to argv.
+    command = os.environ.get(COMMAND_ENV) or "normbench " + " ".join(sys.argv[1:])
     write_json(run_dir / JOB, {"command": command, "overrides": overrides})
 
 
