@@ -34,11 +34,18 @@ def _data_trees(tmp: Path) -> dict[str, Path]:
         "missing": tmp / "nonexistent",
         "no_classes": _folders(tmp / "no_classes", {"train": [], "val": []}),
         "empty_class": _folders(
-            tmp / "empty_class", {"train/cat": ["1.png"], "train/dog": [], "val/cat": ["2.png"],
-                                  "val/dog": ["3.png"]}),  # fmt: skip
+            tmp / "empty_class",
+            {"train/cat": ["1.png"], "train/dog": [], "val/cat": ["2.png"], "val/dog": ["3.png"]},
+        ),  # fmt: skip
         "classes_differ": _folders(
-            tmp / "classes_differ", {"train/cat": ["1.png"], "train/dog": ["2.png"],
-                                     "val/cat": ["3.png"], "val/owl": ["4.png"]}),  # fmt: skip
+            tmp / "classes_differ",
+            {
+                "train/cat": ["1.png"],
+                "train/dog": ["2.png"],
+                "val/cat": ["3.png"],
+                "val/owl": ["4.png"],
+            },
+        ),  # fmt: skip
         "no_val": _folders(tmp / "no_val", {"train/cat": ["1.png"]}),
     }
 
@@ -64,48 +71,112 @@ CASES = [
     ("epochs zero", "train", ["epochs=0"], ["epochs=0"]),
     ("negative seed", "train", ["seed=-1"], ["seed=-1", ">= 0"]),
     ("log interval zero", "train", ["log_every_steps=0"], ["log_every_steps=0"]),
-    ("negative checkpoint interval", "train", ["checkpoint_every_steps=-1"],
-     ["checkpoint_every_steps=-1"]),  # fmt: skip
+    (
+        "negative checkpoint interval",
+        "train",
+        ["checkpoint_every_steps=-1"],
+        ["checkpoint_every_steps=-1"],
+    ),  # fmt: skip
     ("train_size zero", "train", ["dataset.train_size=0"], ["dataset.train_size=0"]),
     ("total batch over the data", "train", ["gpus=64"], ["total batch 512", "train_size=256"]),
-    ("gpus not a multiple of devices", "train", ["gpus=3", "devices=2"],
-     ["gpus=3", "devices=2", "allowed devices: 1, 3"]),  # fmt: skip
+    (
+        "gpus not a multiple of devices",
+        "train",
+        ["gpus=3", "devices=2"],
+        ["gpus=3", "devices=2", "allowed devices: 1, 3"],
+    ),  # fmt: skip
     ("devices zero", "train", ["devices=0"], ["devices=0"]),
-    ("more devices than cores", "train", ["accelerator=cpu", "gpus={many}", "devices={many}"],
-     ["devices={many}", "CPU cores"]),  # fmt: skip
+    (
+        "more devices than cores",
+        "train",
+        ["accelerator=cpu", "gpus={many}", "devices={many}"],
+        ["devices={many}", "CPU cores"],
+    ),  # fmt: skip
     ("nccl on cpu", "train", ["accelerator=cpu", "backend=nccl"], ["backend=nccl", "gloo"]),
     ("amp on cpu", "train", ["accelerator=cpu", "amp=bf16"], ["amp=bf16", "amp=none"]),
     ("unknown amp", "train", ["amp=fp8"], ["amp='fp8'", "bf16"]),
     ("unknown accelerator", "train", ["accelerator=tpu"], ["'tpu'", "cuda"]),
     ("unknown schedule", "train", ["optim.schedule=linear"], ["'linear'", "cosine"]),
     ("unknown bad_images policy", "train", ["dataset.bad_images=ignore"], ["'ignore'", "skip"]),
-    ("groups not dividing a layer", "train", ["norm=gn", "norm.groups=3"],
-     ["groups=3", "does not divide 8 channels"]),  # fmt: skip
-    ("group size not dividing a layer", "train", ["norm=gn", "norm.group_size=3"],
-     ["group_size=3", "does not divide"]),  # fmt: skip
-    ("bad norm option value", "train", ["norm=bn", "norm.eval_stats=median"],
-     ["eval_stats='median'", "average"]),  # fmt: skip
-    ("sweep with one invalid cell", "sweep", ["norm=gn", "norm.groups=4,3"],
-     ["cell ", "norm.groups=3", "groups=3 does not divide"]),  # fmt: skip
+    (
+        "groups not dividing a layer",
+        "train",
+        ["norm=gn", "norm.groups=3"],
+        ["groups=3", "does not divide 8 channels"],
+    ),  # fmt: skip
+    (
+        "group size not dividing a layer",
+        "train",
+        ["norm=gn", "norm.group_size=3"],
+        ["group_size=3", "does not divide"],
+    ),  # fmt: skip
+    (
+        "bad norm option value",
+        "train",
+        ["norm=bn", "norm.eval_stats=median"],
+        ["eval_stats='median'", "average"],
+    ),  # fmt: skip
+    (
+        "sweep with one invalid cell",
+        "sweep",
+        ["norm=gn", "norm.groups=4,3"],
+        ["cell ", "norm.groups=3", "groups=3 does not divide"],
+    ),  # fmt: skip
     ("train given a sweep", "train", ["batch=8,4"], ["normbench sweep"]),
-    ("missing dataset root", "train", ["dataset=fashion_mnist", "dataset.root={missing}"],
-     ["dataset.root={missing}", "does not exist"]),  # fmt: skip
-    ("cifar root missing", "train", ["dataset=cifar10", "dataset.root={missing}"],
-     ["dataset.root={missing}", "does not exist"]),  # fmt: skip
-    ("dataset root is a file", "train", ["dataset=imagenet", "dataset.root={file}"],
-     ["{file}", "is not a folder"]),  # fmt: skip
-    ("empty image folder", "train", ["dataset=imagenet", "dataset.root={no_classes}"],
-     ["{no_classes}/train", "no class folders"]),  # fmt: skip
-    ("empty class folder", "train", ["dataset=imagenet", "dataset.root={empty_class}"],
-     ["{empty_class}/train/dog", "is empty"]),  # fmt: skip
-    ("train and val classes differ", "train", ["dataset=imagenet", "dataset.root={classes_differ}"],
-     ["only in train: dog", "only in val: owl"]),  # fmt: skip
-    ("no val folder", "train", ["dataset=imagenet", "dataset.root={no_val}"],
-     ["no folder {no_val}/val"]),  # fmt: skip
-    ("unwritable out_dir", "train", ["out_dir={file}/sub"],
-     ["cannot write to output directory {file}/sub/", "Not a directory"]),  # fmt: skip
-    ("unwritable out_dir of a sweep", "sweep", ["norm=bn,gn", "out_dir={file}/sub"],
-     ["cannot write to output directory {file}/sub/", "Not a directory"]),  # fmt: skip
+    (
+        "missing dataset root",
+        "train",
+        ["dataset=fashion_mnist", "dataset.root={missing}"],
+        ["dataset.root={missing}", "does not exist"],
+    ),  # fmt: skip
+    (
+        "cifar root missing",
+        "train",
+        ["dataset=cifar10", "dataset.root={missing}"],
+        ["dataset.root={missing}", "does not exist"],
+    ),  # fmt: skip
+    (
+        "dataset root is a file",
+        "train",
+        ["dataset=imagenet", "dataset.root={file}"],
+        ["{file}", "is not a folder"],
+    ),  # fmt: skip
+    (
+        "empty image folder",
+        "train",
+        ["dataset=imagenet", "dataset.root={no_classes}"],
+        ["{no_classes}/train", "no class folders"],
+    ),  # fmt: skip
+    (
+        "empty class folder",
+        "train",
+        ["dataset=imagenet", "dataset.root={empty_class}"],
+        ["{empty_class}/train/dog", "is empty"],
+    ),  # fmt: skip
+    (
+        "train and val classes differ",
+        "train",
+        ["dataset=imagenet", "dataset.root={classes_differ}"],
+        ["only in train: dog", "only in val: owl"],
+    ),  # fmt: skip
+    (
+        "no val folder",
+        "train",
+        ["dataset=imagenet", "dataset.root={no_val}"],
+        ["no folder {no_val}/val"],
+    ),  # fmt: skip
+    (
+        "unwritable out_dir",
+        "train",
+        ["out_dir={file}/sub"],
+        ["cannot write to output directory {file}/sub/", "Not a directory"],
+    ),  # fmt: skip
+    (
+        "unwritable out_dir of a sweep",
+        "sweep",
+        ["norm=bn,gn", "out_dir={file}/sub"],
+        ["cannot write to output directory {file}/sub/", "Not a directory"],
+    ),  # fmt: skip
     ("report on a missing folder", "report", ["{missing}"], ["no sweep directory {missing}"]),
 ]
 

@@ -362,9 +362,7 @@ def test_a_cell_held_by_another_process_is_left_alone(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name open files")
-def test_full_disk_fails_the_cell_naming_the_file_and_keeps_what_was_saved(
-    tmp_path, monkeypatch
-):
+def test_full_disk_fails_the_cell_naming_the_file_and_keeps_what_was_saved(tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.chdir(tmp_path)
     args = ["train", *tiny("dataset.train_size=32", "dataset.val_size=16"), f"out_dir={out}"]
