@@ -173,6 +173,11 @@ def learning_rate(cfg: Config) -> float:
     return cfg.optim.base_lr * total_batch(cfg) / cfg.optim.reference_batch
 
 
+def norm_label(cfg: Config) -> str:
+    """The norm as tables and W&B name it: weight standardization is part of it ("gn+ws")."""
+    return cfg.norm.name + ("+ws" if cfg.model.ws else "")
+
+
 def resolve_accelerator(cfg: Config) -> str:
     if cfg.accelerator == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -14,7 +14,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from normbench.config import Config, as_config, resolve_devices, validate
+from normbench.config import Config, as_config, norm_label, resolve_devices, validate
 from normbench.errors import UserError
 from normbench.track import rundir
 from normbench.track.environment import write_job
@@ -38,7 +38,7 @@ def _record_failure(run_dir: Path, cfg: Config, overrides: dict[str, str], error
             run_dir / rundir.METRICS,
             {"status": "failed", "error": error, "cell": run_dir.name, "overrides": overrides,
              "experiment": cfg.name, "model": cfg.model.name, "norm": cfg.norm.name,
-             "norm_label": cfg.norm.name + ("+ws" if cfg.model.ws else ""),
+             "norm_label": norm_label(cfg),
              "dataset": cfg.dataset.name, "batch": cfg.batch, "gpus": cfg.gpus, "seed": cfg.seed,
              "groups": cfg.norm.groups, "group_size": cfg.norm.group_size},
         )  # fmt: skip

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import normbench
-from normbench.config import Config, learning_rate, total_batch
+from normbench.config import Config, learning_rate, norm_label, total_batch
 
 JOB = "job.json"  # written by the parent: the command and overrides that created the cell
 COMMAND_ENV = "NORMBENCH_COMMAND"
@@ -67,7 +67,7 @@ def run_record(cfg: Config, run_dir: Path, env, trainer) -> dict[str, Any]:
         "experiment": cfg.name,
         "model": cfg.model.name,
         "norm": cfg.norm.name,
-        "norm_label": cfg.norm.name + ("+ws" if cfg.model.ws else ""),
+        "norm_label": norm_label(cfg),
         "groups": cfg.norm.groups,
         "group_size": cfg.norm.group_size,
         "dataset": cfg.dataset.name,

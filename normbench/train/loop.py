@@ -23,8 +23,16 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from normbench.config import Config, as_config, gpus_per_device, learning_rate, total_batch
+from normbench.config import (
+    Config,
+    as_config,
+    gpus_per_device,
+    learning_rate,
+    norm_label,
+    total_batch,
+)
 from normbench.data import build_datasets
+from normbench.errors import UserError
 from normbench.logs import EpochProgress
 from normbench.models import build_model
 from normbench.norms import get_norm_spec, set_emulated_gpus, sync_running_stats
@@ -159,8 +167,6 @@ class Trainer:
         )  # fmt: skip
         self.steps_per_epoch = steps_per_epoch(len(self.data.train), total_batch(cfg))
         if self.steps_per_epoch < 1:
-            from normbench.errors import UserError
-
             raise UserError(
                 f"total batch {total_batch(cfg)} (gpus x batch) exceeds the {len(self.data.train)} "
                 "training images: lower batch or gpus, or use more data"
@@ -439,6 +445,6 @@ def run_worker(run_dir: str | Path) -> None:
 
 
 def _tags(cfg: Config) -> dict[str, str]:
-    label = cfg.norm.name + ("+ws" if cfg.model.ws else "")
+    label = norm_label(cfg)
     return {"norm": label, "batch": str(cfg.batch), "model": cfg.model.name,
             "dataset": cfg.dataset.name, "gpus": str(cfg.gpus)}  # fmt: skip
