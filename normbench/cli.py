@@ -50,6 +50,7 @@ def _cmd_train(args: list[str]) -> int:
 def _cmd_sweep(args: list[str]) -> int:
     from normbench.config import as_config, validate
     from normbench.hydra_app import compose, expand_sweep, multirun, sweep_dir
+    from normbench.job import cell_dir, check_reusable
     from normbench.report import build_report, format_report
     from normbench.track import rundir
 
@@ -60,6 +61,7 @@ def _cmd_sweep(args: list[str]) -> int:
         config = as_config(cfg)
         try:
             validate(config)
+            check_reusable(cell_dir(config, overrides), config)
         except UserError as e:
             name = rundir.cell_name(overrides, config.norm.name, config.batch)
             raise UserError(f"cell {name}: {e}") from None

@@ -26,6 +26,23 @@ def cell_dir(cfg: Config, overrides: list[str]) -> Path:
     return Path(cfg.out_dir) / cfg.name / rundir.cell_name(overrides, cfg.norm.name, cfg.batch)
 
 
+def check_reusable(run_dir: Path, config: Config) -> None:
+    """Refuse to skip or resume a cell whose directory holds a run of another config.
+
+    Without this, a changed default or an override that does not name the cell (say a new
+    base_lr) would be answered by the old result, or resumed under the old settings.
+    """
+    if config.rerun:
+        return
+    changes = rundir.config_changes(run_dir, OmegaConf.to_container(OmegaConf.structured(config)))
+    if changes:
+        shown = "; ".join(changes[:3]) + (f"; {len(changes) - 3} more" if len(changes) > 3 else "")
+        raise UserError(
+            f"{run_dir} holds a run with another config ({shown}): rerun=true archives it and "
+            "recomputes the cell, or choose another out_dir"
+        )
+
+
 def _under_slurm_tasks() -> bool:
     """True in each task of a multi-task SLURM job (submitit launcher, one task per GPU)."""
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
@@ -64,6 +81,7 @@ def run_cell(cfg: DictConfig | Config, overrides: list[str]) -> str:
     validate(config)
     cell = rundir.cell_overrides(overrides, config.norm.name, config.batch)
     run_dir = cell_dir(config, overrides)
+    check_reusable(run_dir, config)
     done = rundir.finished_status(run_dir)
     if done and not config.rerun:
         log.info("skip %s: already %s (rerun=true recomputes it)", run_dir, done)

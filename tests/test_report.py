@@ -197,6 +197,25 @@ def test_failed_seed_beside_a_finished_one_is_named(tmp_path: Path) -> None:
     assert table.display.loc["GN", 4] == "12.00 (1 failed)"
 
 
+def test_cells_differing_in_another_swept_key_are_rows_not_seeds(tmp_path: Path) -> None:
+    sweep = tmp_path / "lr"
+    for lr, offset in (("0.1", 0.0), ("0.2", 5.0)):
+        for norm, target in (("bn", 10.0), ("gn", 11.0)):
+            for batch in (32, 2):
+                overrides = {"norm": norm, "batch": batch, "dataset": "synthetic",
+                             "optim.base_lr": lr}  # fmt: skip
+                write_cell(sweep, overrides, target + offset)
+    (table,) = build_tables(collect_runs(sweep))
+    assert list(table.mean.index) == [
+        "BN optim.base_lr=0.1", "BN optim.base_lr=0.2", "GN optim.base_lr=0.1",
+        "GN optim.base_lr=0.2", f"{DIFF_ROW} optim.base_lr=0.1", f"{DIFF_ROW} optim.base_lr=0.2",
+    ]  # fmt: skip
+    assert table.mean.loc["GN optim.base_lr=0.2", 2] == pytest.approx(16.0)
+    assert table.n.loc["GN optim.base_lr=0.2", 2] == 1  # not averaged with the other lr
+    assert table.mean.loc[f"{DIFF_ROW} optim.base_lr=0.2", 32] == pytest.approx(1.0)
+    assert len(plot_sweep(table, "val error").axes[0].get_lines()) >= 4
+
+
 def test_ablation_sweep_gives_groups_and_channels_per_group_tables(tmp_path: Path) -> None:
     groups, group_size = build_tables(collect_runs(make_ablation_sweep(tmp_path)))
     assert (groups.key, group_size.key) == ("groups", "group_size")

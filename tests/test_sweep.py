@@ -62,6 +62,24 @@ def test_rerunning_a_sweep_skips_finished_cells_and_rerun_true_archives(swept):
 
 
 @pytest.mark.slow
+def test_a_finished_cell_is_never_reused_for_another_config(swept):
+    root, args, _ = swept
+    sweep_dir = root / "runs" / "tiny"
+    before = {name: (sweep_dir / name / "metrics.json").read_bytes() for name in _cells(sweep_dir)}
+    # base_lr does not name the cell: without the check the old result would be reported.
+    changed = run_cli([*args, "optim.base_lr=0.05"], cwd=root)
+    assert changed.returncode == 2
+    lines = changed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "optim.base_lr: 0.2 -> 0.05" in lines[0], changed.stderr
+    assert "rerun=true" in lines[0] and "Traceback" not in changed.stderr
+    assert "epoch 1/" not in changed.stdout
+    assert {n: (sweep_dir / n / "metrics.json").read_bytes() for n in before} == before
+    # Settings that do not change what a cell computes still reuse it.
+    quiet = run_cli([*args, "log_every_steps=7", "progress=true"], cwd=root)
+    assert quiet.returncode == 0 and quiet.stdout.count("skip ") == 2, quiet.stderr
+
+
+@pytest.mark.slow
 def test_the_local_submitit_launcher_runs_the_cells(tmp_path, tiny):
     args = ["sweep", *tiny, "epochs=1", "launcher=local", "name=loc", "batch=8,4"]
     result = run_cli([*args, f"out_dir={tmp_path / 'runs'}"], cwd=tmp_path)

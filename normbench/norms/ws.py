@@ -15,8 +15,11 @@ WS_EPS = 1e-5
 
 def standardize_weight(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tensor:
     """Standardize a conv weight (out, in, kh, kw) per output filter."""
-    std, mean = torch.std_mean(weight, dim=(1, 2, 3), keepdim=True, correction=0)
-    return (weight - mean) / (std + eps)
+    # mean + vector_norm rather than torch.std_mean: the same population std, and about twice as
+    # fast forward + backward on CPU (std_mean's backward dominated WS's cost).
+    centered = weight - weight.mean(dim=(1, 2, 3), keepdim=True)
+    std = torch.linalg.vector_norm(centered, dim=(1, 2, 3), keepdim=True) / weight[0].numel() ** 0.5
+    return centered / (std + eps)
 
 
 class WSConv2d(nn.Conv2d):

@@ -36,7 +36,7 @@ def figure_png(figure: Figure, tight: bool = True) -> bytes:
 
 def _curve_rows(frame: pd.DataFrame) -> list[str]:
     """The rows of a table that are curves (not the paper's difference rows)."""
-    return [row for row in frame.index if row not in (DIFF_ROW, VS_BN_ROW)]
+    return [row for row in frame.index if not str(row).startswith((DIFF_ROW, VS_BN_ROW))]
 
 
 def plot_sweep(table: Table, metric_label: str) -> Figure:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from normbench.errors import UserError
 from normbench.report.paper import load_paper_table, paper_sources
+from normbench.track.rundir import split_override_dirname
 
 METRICS: dict[str, str] = {
     "val_error_median5": "val error, median of the last 5 epochs",
@@ -79,8 +80,31 @@ def _label_order(label: str) -> tuple[int, str]:
     return rank, label
 
 
+# Overrides that a layout already shows as rows, columns or seeds.
+SHOWN_KEYS = frozenset({"norm", "batch", "seed", "norm.groups", "norm.group_size", "model.ws"})
+
+
+def setting_suffixes(cells: pd.DataFrame) -> pd.Series:
+    """ " key=value" for every other override that differs between cells (read from cell names).
+
+    Cells of a sweep over, say, ``optim.base_lr=0.1,0.2`` must never be averaged together as if
+    they were seeds: the suffix keeps them in rows (or columns) of their own.
+    """
+    overrides = [
+        dict(item.split("=", 1) for item in split_override_dirname(str(name)) if "=" in item)
+        for name in cells["cell"]
+    ]
+    keys = sorted({key for cell in overrides for key in cell} - SHOWN_KEYS)
+    varying = [key for key in keys if len({cell.get(key) for cell in overrides}) > 1]
+    suffixes = [
+        "".join(f" {key}={cell[key]}" for key in varying if key in cell) for cell in overrides
+    ]
+    return pd.Series(suffixes, index=cells.index, dtype=object)
+
+
 def _variant_labels(cells: pd.DataFrame) -> pd.Series:
-    """Norm labels, with " G=16" / " C/G=8" added only where a norm has several group settings."""
+    """Norm labels, with " G=16" / " C/G=8" added only where a norm has several group settings,
+    and the other settings that vary between cells (see setting_suffixes)."""
     labels = cells["norm_label"].fillna(cells["norm"]).fillna("?").map(norm_row_label)
     result = labels.copy()
     for label, index in cells.groupby(labels).groups.items():
@@ -91,7 +115,7 @@ def _variant_labels(cells: pd.DataFrame) -> pd.Series:
             groups, size = cells.at[i, "groups"], cells.at[i, "group_size"]
             suffix = f" C/G={size}" if not pd.isna(size) else f" G={groups}"
             result.at[i] = label + ("" if pd.isna(size) and pd.isna(groups) else suffix)
-    return result
+    return result + setting_suffixes(cells)
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -119,7 +143,7 @@ def _ablation_entries(gn: pd.DataFrame, endpoint: pd.DataFrame, column: str) -> 
             endpoint.assign(col=1, row="gn" + endpoint_labels),
         ]
     )
-    return entries.assign(row=entries["row"].map(norm_row_label))
+    return entries.assign(row=entries["row"].map(norm_row_label) + setting_suffixes(entries))
 
 
 def _groups_entries(cells: pd.DataFrame) -> pd.DataFrame:
@@ -193,9 +217,13 @@ def _ordered_axes(entries: pd.DataFrame, key: str) -> tuple[list, list]:
 
 def _with_difference_row(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     """Add the paper's difference row: "GN - BN" (batch layout) or "vs BN" (norms layout)."""
-    if key == "batch" and {"BN", "GN"} <= set(frame.index):
-        diff = frame.loc["GN"] - frame.loc["BN"]
-        return pd.concat([frame, diff.to_frame(DIFF_ROW).T])
+    if key == "batch":  # one difference row per setting that has both norms
+        diffs = [
+            (frame.loc[row] - frame.loc["BN" + row[2:]]).to_frame(DIFF_ROW + row[2:]).T
+            for row in frame.index
+            if row.startswith("GN") and not row.startswith("GN+") and "BN" + row[2:] in frame.index
+        ]
+        return pd.concat([frame, *diffs])
     if key == "norms" and "BN" in frame.columns and NORMS_ROW in frame.index:
         diff = frame.loc[NORMS_ROW] - frame.loc[NORMS_ROW, "BN"]
         diff["BN"] = math.nan  # the paper prints "-" under BN

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from normbench.errors import UserError
 
 CONFIG = "config.yaml"
@@ -45,7 +47,7 @@ DONE_STATUSES = ("finished", "diverged")
 # Keys that never change the science of a cell, so they stay out of its directory name.
 NON_SCIENCE_KEYS = frozenset({
     "name", "out_dir", "rerun", "devices", "progress", "experiment", "launcher", "logger",
-    "accelerator", "backend", "log_every_steps", "checkpoint_every_steps",
+    "accelerator", "backend", "log_every_steps", "checkpoint_every_steps", "cpu_threads",
 })  # fmt: skip
 NON_SCIENCE_PREFIXES = ("logger.", "hydra.", "dataset.root", "dataset.workers", "dataset.download")
 
@@ -190,6 +192,39 @@ def finished_status(run_dir: Path) -> str | None:
     if metrics and metrics.get("status") in DONE_STATUSES:
         return metrics["status"]
     return None
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(run_dir: Path, config: dict[str, Any]) -> list[str]:
+    """The science settings in which ``config`` differs from the run directory's config.yaml,
+    as "key: old -> new"; empty when the directory has no config yet.
+
+    Keys that only one side has are left out, so a run recorded before the schema gained a key
+    stays reusable.
+    """
+    try:
+        stored = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"unreadable config file '{run_dir / CONFIG}': {e}") from None
+    if not isinstance(stored, dict):
+        return []
+    old, new = _flatten(stored), _flatten(config)
+    return [
+        f"{key}: {old[key]} -> {new[key]}"
+        for key in sorted(old.keys() & new.keys())
+        if old[key] != new[key] and _is_science_key(key)
+    ]
 
 
 def archive_result(run_dir: Path) -> Path | None:
