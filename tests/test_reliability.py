@@ -24,6 +24,8 @@ from conftest import TINY, run_cli
 from filelock import FileLock
 
 from normbench.cli import main
+from normbench.report import collect_runs
+from normbench.report.tables import build_tables
 from normbench.track import rundir
 
 
@@ -301,7 +303,12 @@ def test_a_diverged_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
 
     assert main(["report", str(out / "synthetic-resnet8")]) == 0
     report = capsys.readouterr().out
-    assert "2 finished, 2 diverged" in report and "(1 diverged)" in report
+    assert "2 finished, 2 diverged" in report
+    # Each lr is a column of its own (not seeds of one cell): the 1e30 columns read "diverged".
+    (table,) = build_tables(collect_runs(out / "synthetic-resnet8"))
+    assert table.display.loc["error", "BN optim.base_lr=1e+30"] == "diverged"
+    assert table.display.loc["error", "GN optim.base_lr=1e+30"] == "diverged"
+    assert float(table.display.loc["error", "GN optim.base_lr=0.1"]) > 0
 
     # A diverged cell is a result: `train` with the same values (spelt 1e30, which Hydra's sweep
     # wrote 1e+30) finds it and does not train again.

@@ -66,16 +66,24 @@ def test_a_finished_cell_is_never_reused_for_another_config(swept):
     root, args, _ = swept
     sweep_dir = root / "runs" / "tiny"
     before = {name: (sweep_dir / name / "metrics.json").read_bytes() for name in _cells(sweep_dir)}
-    # base_lr does not name the cell: without the check the old result would be reported.
-    changed = run_cli([*args, "optim.base_lr=0.05"], cwd=root)
+    # As if a default had changed since the cell ran: base_lr does not name the cell, so without
+    # the check the old result would be reported as the answer to the new config.
+    config = sweep_dir / sorted(before)[0] / "config.yaml"
+    original = config.read_text()
+    assert "base_lr: 0.2\n" in original
+    config.write_text(original.replace("base_lr: 0.2\n", "base_lr: 0.1\n"))
+    try:
+        changed = run_cli(args, cwd=root)
+    finally:
+        config.write_text(original)
     assert changed.returncode == 2
     lines = changed.stderr.strip().splitlines()
-    assert len(lines) == 1 and "optim.base_lr: 0.2 -> 0.05" in lines[0], changed.stderr
+    assert len(lines) == 1 and "optim.base_lr: 0.1 -> 0.2" in lines[0], changed.stderr
     assert "rerun=true" in lines[0] and "Traceback" not in changed.stderr
     assert "epoch 1/" not in changed.stdout
     assert {n: (sweep_dir / n / "metrics.json").read_bytes() for n in before} == before
     # Settings that do not change what a cell computes still reuse it.
-    quiet = run_cli([*args, "log_every_steps=7", "progress=true"], cwd=root)
+    quiet = run_cli([*args, "log_every_steps=7", "cpu_threads=2"], cwd=root)
     assert quiet.returncode == 0 and quiet.stdout.count("skip ") == 2, quiet.stderr
 
 

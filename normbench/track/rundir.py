@@ -211,10 +211,10 @@ def config_changes(run_dir: Path, config: dict[str, Any]) -> list[str]:
     Keys that only one side has are left out, so a run recorded before the schema gained a key
     stays reusable.
     """
+    if not (run_dir / CONFIG).is_file():
+        return []
     try:
         stored = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise UserError(f"unreadable config file '{run_dir / CONFIG}': {e}") from None
     if not isinstance(stored, dict):
