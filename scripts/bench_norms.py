@@ -2,11 +2,12 @@
 
 Every contender runs in training mode on the same input (N x C x H x W, with an input gradient)
 and the same output gradient, alternated round by round: torch's BatchNorm2d and GroupNorm(32)
-as references, then normbench's bn, bn with emulated GPUs (per-GPU batch 1 at N=2, 4 at N=32),
-syncbn without a process group, brn, gn, ln, in, frn (+TLU and without), and weight
-standardization as WSConv2d against Conv2d: the 1x1 convolution (C/4 -> C) that produces this
-activation in a bottleneck block. Target: our own layers (frn, brn, emulated bn, and the time WS
-adds to its convolution) within 1.5x of torch's GroupNorm.
+as references (and GroupNorm + ReLU, what FRN + TLU replaces), then normbench's bn, bn with
+emulated GPUs (per-GPU batch 1 at N=2, 4 at N=32), syncbn without a process group, brn, gn, ln,
+in, frn (+TLU and without), and weight standardization as WSConv2d against Conv2d: the 1x1
+convolution (C/4 -> C) that produces this activation in a bottleneck block. Target: our own
+layers (frn, brn, emulated bn, and the time WS adds to its convolution) within 1.5x of torch's
+GroupNorm.
 
     .venv/bin/python scripts/bench_norms.py [--quick] [--repeats N] [--large-batch 32]
 """
@@ -53,6 +54,7 @@ def contenders(n: int, c: int, size: int) -> dict[str, Callable[[], None]]:
     norms = {
         "torch BatchNorm2d": nn.BatchNorm2d(c),
         "torch GroupNorm": nn.GroupNorm(32, c),
+        "torch GroupNorm + ReLU": nn.Sequential(nn.GroupNorm(32, c), nn.ReLU(inplace=True)),
         "bn": build_norm("bn", c),
         "bn, emulated": emulated_bn(c, chunks),
         "syncbn": build_norm("syncbn", c),
@@ -79,6 +81,9 @@ def verdict(name: str, t: Timings) -> str:
         ratio = sorted(a / g for a, g in zip(added, t.cpu["torch GroupNorm"], strict=True))
         value = ratio[len(ratio) // 2]
         return f"added {value:.2f}x GN: " + ("met" if value <= TARGET else "MISSED")
+    if name == "frn":  # FRN + TLU replaces a norm *and* its activation
+        value = paired_ratios(t.cpu, name, "torch GroupNorm + ReLU").median
+        return f"{value:.2f}x GN+ReLU: " + ("met" if value <= TARGET else "MISSED")
     if name in OWN:
         value = paired_ratios(t.cpu, name, "torch GroupNorm").median
         return "met" if value <= TARGET else "MISSED"
@@ -100,7 +105,8 @@ def main() -> None:
         "'x BN' likewise against torch BatchNorm2d. Convolutions: 1x1, C/4 -> C, no bias; "
         "for WSConv2d the target compares the time WS adds to the convolution with GN's time. "
         f"Emulated bn: per-GPU batch 1 at N=2 (2 chunks), 4 at larger N (N/4 chunks). Target: "
-        f"frn, brn, emulated bn and WS within {TARGET}x of torch GroupNorm."
+        f"frn, brn, emulated bn and WS within {TARGET}x of torch GroupNorm; frn (with its TLU, "
+        "which replaces the activation) against torch GroupNorm followed by an in-place ReLU."
     )
     for n in batches:
         for c, size in SHAPES:

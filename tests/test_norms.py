@@ -30,6 +30,7 @@ from normbench.norms import (
     set_emulated_gpus,
     sync_running_stats,
 )
+from normbench.norms.ws import standardize_weight
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -406,6 +407,18 @@ def test_frn_matches_the_formula(tlu, learned_eps, mode):
     assert get_norm_spec("frn").replaces_activation
 
 
+@pytest.mark.parametrize("tlu", [True, False])
+def test_frn_backward_passes_gradcheck(tlu):
+    frn = build_norm("frn", 3, tlu=tlu, learned_eps=True).to(torch.float64)
+    randomize_affine(frn)
+    if tlu:
+        with torch.no_grad():
+            frn.tlu.tau.copy_(torch.tensor([-0.3, 0.1, 0.4]))
+    x = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    params = tuple(frn.parameters())
+    assert torch.autograd.gradcheck(lambda x, *_: frn(x), (x, *params))
+
+
 def test_frn_half_precision_does_not_overflow():
     frn = FilterResponseNorm2d(2).half()
     x = torch.full((1, 2, 3, 3), 1000.0, dtype=torch.float16)  # x^2 > float16 max
@@ -445,6 +458,14 @@ def test_wsconv_convolves_with_the_standardized_weight():
     close(gx, xr.grad)
     close(gp["weight"], weight.grad)
     close(gp["bias"], bias.grad)
+
+
+def test_ws_backward_passes_gradcheck_and_a_constant_filter_stays_finite():
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(standardize_weight, (weight,))
+    constant = torch.ones(2, 3, 1, 1, dtype=torch.float64, requires_grad=True)
+    standardize_weight(constant).sum().backward()
+    assert torch.isfinite(constant.grad).all()
 
 
 def test_convert_to_ws_swaps_every_conv_in_place_and_keeps_weights():

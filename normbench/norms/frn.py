@@ -22,9 +22,10 @@ class _FRN(torch.autograd.Function):
     """FRN (+ TLU when ``tau`` is given) with a hand-written backward.
 
     Autograd of the five elementwise ops costs about ten full passes over the activation per
-    direction on CPU; here the forward is a dot product per (sample, channel), one addcmul and,
-    with TLU, an in-place ReLU and add; the backward two reductions, one dot product and two
-    elementwise passes. TLU is max(y, tau) = relu(y - tau) + tau, so it folds into the shift.
+    direction on CPU; here the forward is one norm reduction, a scale and shift and, with TLU, an
+    in-place ReLU and an add (max(y, tau) = relu(y - tau) + tau, so TLU folds into the shift);
+    the backward ReLU's own backward kernel, two channel sums, one (sample, channel) sum of
+    grad * x and two elementwise passes. (linalg.vecdot is no help: on CPU it is a mul + sum.)
     """
 
     @staticmethod
@@ -32,15 +33,15 @@ class _FRN(torch.autograd.Function):
         # Squares overflow in half precision: compute in at least float32.
         acc = x if x.dtype == torch.float64 else x.float()
         flat = acc.flatten(2)
-        nu2 = torch.linalg.vecdot(flat, flat) / flat.shape[-1]  # (N, C): mean of x^2 over H, W
+        nu2 = torch.linalg.vector_norm(flat, dim=-1).square_().div_(flat.shape[-1])  # (N, C)
         inv = torch.rsqrt(nu2 + eps)
         shift = bias if tau is None else bias - tau
-        y = torch.addcmul(_per_channel(shift), acc, _per_channel(inv * weight))
-        passed = None
+        y = (acc * _per_channel(inv * weight)).add_(_per_channel(shift))
+        relu_out = None
         if tau is not None:
-            passed = y > 0
-            y.relu_().add_(_per_channel(tau))
-        ctx.save_for_backward(acc, inv, weight, passed)
+            relu_out = y.relu_()
+            y = relu_out + _per_channel(tau)
+        ctx.save_for_backward(acc, inv, weight, relu_out)
         ctx.eps_is_tensor = torch.is_tensor(eps)
         ctx.input_dtype = x.dtype
         return y.to(x.dtype)
@@ -48,17 +49,16 @@ class _FRN(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        acc, inv, weight, passed = ctx.saved_tensors
+        acc, inv, weight, relu_out = ctx.saved_tensors
         grad = grad.to(acc.dtype)
-        grad_tau = None
-        if passed is None:
+        if relu_out is None:
             grad_shift = grad
         else:
-            grad_shift = grad * passed
-            grad_tau = grad.sum((0, 2, 3)) - grad_shift.sum((0, 2, 3))
+            grad_shift = torch.ops.aten.threshold_backward(grad, relu_out, 0)
         grad_bias = grad_shift.sum((0, 2, 3))
+        grad_tau = None if relu_out is None else grad.sum((0, 2, 3)) - grad_bias
         # s = sum over H, W of grad * x, per (sample, channel): every other gradient follows.
-        s = torch.linalg.vecdot(grad_shift.flatten(2), acc.flatten(2))
+        s = (grad_shift * acc).sum((2, 3))
         grad_weight = (s * inv).sum(0)
         inv3_s = weight * inv.pow(3) * s  # (N, C)
         grad_x = grad_shift * _per_channel(inv * weight)

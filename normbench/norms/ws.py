@@ -13,13 +13,44 @@ from torch import nn
 WS_EPS = 1e-5
 
 
+class _Standardize(torch.autograd.Function):
+    """W_hat = (W - mean) / (std + eps) per output filter, with a hand-written backward.
+
+    For c = W - mean, d = std + eps and upstream gradient g (per filter, n = fan-in):
+    dL/dW = (g - mean(g)) / d - c * sum(g * c) / (n * std * d^2). Autograd of the same ops
+    (mean, sub, norm, div) took 2.2-2.7x as long forward + backward on CPU; WS runs on every
+    conv weight at every step, whatever the batch.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, eps):  # noqa: ANN001, ANN205 (autograd's signature)
+        flat = weight.reshape(weight.shape[0], -1)
+        centered = flat - flat.mean(1, keepdim=True)
+        # The population std (divide by the fan-in), the paper's definition.
+        std = torch.linalg.vector_norm(centered, dim=1, keepdim=True) / flat.shape[1] ** 0.5
+        denom = std + eps
+        ctx.save_for_backward(centered, std, denom)
+        return (centered / denom).view_as(weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        centered, std, denom = ctx.saved_tensors
+        g = grad.reshape(centered.shape)
+        # A constant filter has centered == 0: its second term is 0, whatever std's clamp.
+        coeff = (g * centered).sum(1, keepdim=True) / (
+            g.shape[1] * std.clamp_min(torch.finfo(std.dtype).tiny) * denom.square()
+        )
+        inv = denom.reciprocal()
+        grad_weight = g * inv
+        grad_weight.sub_(g.mean(1, keepdim=True) * inv)
+        grad_weight.addcmul_(centered, coeff, value=-1)
+        return grad_weight.view_as(grad), None
+
+
 def standardize_weight(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tensor:
     """Standardize a conv weight (out, in, kh, kw) per output filter."""
-    # mean + vector_norm rather than torch.std_mean: the same population std, and about twice as
-    # fast forward + backward on CPU (std_mean's backward dominated WS's cost).
-    centered = weight - weight.mean(dim=(1, 2, 3), keepdim=True)
-    std = torch.linalg.vector_norm(centered, dim=(1, 2, 3), keepdim=True) / weight[0].numel() ** 0.5
-    return centered / (std + eps)
+    return _Standardize.apply(weight, eps)
 
 
 class WSConv2d(nn.Conv2d):
