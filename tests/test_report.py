@@ -256,6 +256,11 @@ def test_batch_plot_reads_32_to_2_with_the_paper_on_a_second_axis(batch_sweep: P
     assert list(paper_lines["BN (paper, right axis)"].get_ydata()) == [23.6, 23.7, 24.8, 27.3, 34.7]
     diverged = [line for line in ours_ax.get_lines() if "diverged" in line.get_label()]
     assert [list(line.get_xdata()) for line in diverged] == [[2]]
+    # One point of error spans the same height on both axes: the paper's 11-point rise is not
+    # drawn as tall as a 1-point wobble of ours.
+    (low, high), (paper_low, paper_high) = ours_ax.get_ylim(), paper_ax.get_ylim()
+    assert high - low == pytest.approx(paper_high - paper_low)
+    assert paper_high - paper_low >= 34.7 - 23.6
 
 
 def test_write_atomic_keeps_the_old_file_when_writing_fails(

@@ -6,7 +6,9 @@
   The paper's curve goes on a secondary (right) y axis: a CPU mini dataset and ImageNet give
   errors on different scales, and on one shared axis one of the two curves would be squashed
   flat. What is comparable is the shape (BN rising at small batch, GN flat), and two axes keep
-  both shapes readable; the legend and the right axis label say which numbers are the paper's.
+  both shapes readable; both span the same number of points, so equal slopes look equal and our
+  noise is not magnified against the paper's effect. The legend and the right axis label say
+  which numbers are the paper's.
 - training curves of one cell: train and val error per epoch from history.csv.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import io
 
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -37,6 +40,16 @@ def figure_png(figure: Figure, tight: bool = True) -> bytes:
 def _curve_rows(frame: pd.DataFrame) -> list[str]:
     """The rows of a table that are curves (not the paper's difference rows)."""
     return [row for row in frame.index if not str(row).startswith((DIFF_ROW, VS_BN_ROW))]
+
+
+def _equal_spans(*axes: Axes) -> None:
+    """Give every y axis the widest span in points, each centred on its own data, so one point
+    of error looks the same on both axes: ours is never magnified against the paper's."""
+    limits = [a.get_ylim() for a in axes]
+    span = max(high - low for low, high in limits)
+    for a, (low, high) in zip(axes, limits, strict=True):
+        middle = (low + high) / 2
+        a.set_ylim(middle - span / 2, middle + span / 2)
 
 
 def plot_sweep(table: Table, metric_label: str) -> Figure:
@@ -103,6 +116,7 @@ def plot_sweep(table: Table, metric_label: str) -> Figure:
     ax.set_ylabel(f"ours: {metric_label} (%)")
     if paper_ax is not None:
         paper_ax.set_ylabel("paper: ResNet-50 ImageNet val error (%)")
+        _equal_spans(ax, paper_ax)
     ax.set_title(table.title.split(":")[0], fontsize=10)
     ax.grid(True, alpha=0.3)
     labels = [h.get_label() for h in handles]
