@@ -4,7 +4,7 @@ one line and exit code 2.
 
     normbench train  [overrides]      one cell, e.g. norm=gn batch=4
     normbench sweep  [overrides]      every combination of comma-separated values, e.g. batch=32,2
-    normbench report [sweep_dir]      tables and plots from run directories (default: the config's)
+    normbench report [sweep_dir] [metric=...]   tables and plots from run directories
     normbench norms | models | datasets   what is available, with options
     normbench worker <run_dir>        one training process (used by torchrun / srun)
 """
@@ -68,7 +68,7 @@ def _cmd_sweep(args: list[str]) -> int:
     rundir.ensure_writable(sweep_dir(cfg))  # before Hydra, whose own error is a traceback
     print(f"sweep: {len(cells)} cells into {sweep_dir(cfg)}", flush=True)
     multirun(args, total=len(cells))
-    report = build_report(sweep_dir(cfg))
+    report = build_report(sweep_dir(cfg), metric=config.metric)
     print(format_report(report))
     if config.logger.kind == "wandb":
         _log_report_to_wandb(report, config)
@@ -97,10 +97,20 @@ def _cmd_report(args: list[str]) -> int:
     from normbench.hydra_app import compose, sweep_dir
     from normbench.report import build_report, format_report
 
-    directory = Path(args[0]) if args and "=" not in args[0] else sweep_dir(compose(args))
+    if args and "=" not in args[0]:  # a folder, then at most metric=...
+        directory, extra = Path(args[0]), args[1:]
+        if any(not a.startswith("metric=") for a in extra):
+            raise UserError(
+                f"after the sweep folder only metric=... is accepted, got {extra[0]!r} "
+                "(e.g. normbench report runs/x metric=val_error_final)"
+            )
+        metric = extra[-1].split("=", 1)[1] if extra else None
+    else:
+        cfg = compose(args)
+        directory, metric = sweep_dir(cfg), cfg.metric
     if not directory.is_dir():
         raise UserError(f"no sweep directory {directory} (give runs/<experiment>)")
-    print(format_report(build_report(directory)))
+    print(format_report(build_report(directory, metric=metric)))
     return 0
 
 

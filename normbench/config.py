@@ -132,6 +132,9 @@ class Config:
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
     log_every_steps: int = 50
     out_dir: str = "runs"
+    # What the report's tables show: val_error_median5 (the paper's authors' choice), _final or
+    # _best. A run of 5 epochs or fewer should say _final: its "last 5" would be all its epochs.
+    metric: str = "val_error_median5"
     rerun: bool = False
     progress: bool = True
 
@@ -238,6 +241,7 @@ def validate(cfg: Config) -> None:
     from normbench.data import check_dataset, list_datasets
     from normbench.models import build_model, list_models
     from normbench.norms import get_norm_spec
+    from normbench.report.tables import METRICS
 
     _positive("batch", cfg.batch)
     _positive("gpus", cfg.gpus)
@@ -264,6 +268,7 @@ def validate(cfg: Config) -> None:
     _one_of("logger.kind", cfg.logger.kind, LOGGERS)
     _one_of("logger.mode", cfg.logger.mode, WANDB_MODES)
     _one_of("dataset.bad_images", cfg.dataset.bad_images, BAD_IMAGE_POLICIES)
+    _one_of("metric", cfg.metric, tuple(METRICS))
     _one_of("model.name", cfg.model.name, tuple(name for name, _ in list_models()))
     _one_of("dataset.name", cfg.dataset.name, tuple(name for name, _ in list_datasets()))
     get_norm_spec(cfg.norm.name)  # unknown norm -> UserError listing the norms

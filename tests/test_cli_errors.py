@@ -178,6 +178,24 @@ CASES = [
         ["cannot write to output directory {file}/sub/", "Not a directory"],
     ),  # fmt: skip
     ("report on a missing folder", "report", ["{missing}"], ["no sweep directory {missing}"]),
+    (
+        "report with an unknown metric",
+        "report",
+        ["{no_classes}", "metric=top5"],
+        ["unknown metric 'top5'", "val_error_final"],
+    ),  # fmt: skip
+    (
+        "report with another key after the folder",
+        "report",
+        ["{file}", "norm=gn"],
+        ["only metric=... is accepted", "'norm=gn'"],
+    ),  # fmt: skip
+    (
+        "unknown report metric in a sweep",
+        "sweep",
+        ["norm=bn,gn", "metric=top5"],
+        ["metric", "top5", "val_error_median5"],
+    ),  # fmt: skip
 ]
 
 

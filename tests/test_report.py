@@ -172,6 +172,19 @@ def test_final_and_best_metrics(batch_sweep: Path, metric: str, offset: float) -
     assert METRICS[metric] in table.title
 
 
+def test_the_report_uses_the_metric_the_cells_were_configured_with(tmp_path: Path) -> None:
+    sweep = tmp_path / "short"
+    for batch in (32, 2):
+        cell = write_cell(sweep, {"norm": "gn", "batch": batch}, 10.0 + batch)
+        config = cell / "config.yaml"
+        config.write_text(config.read_text() + "metric: val_error_final\n")
+    report = build_report(sweep, tmp_path / "out")
+    assert report.metric == "val_error_final"
+    assert (
+        build_report(sweep, tmp_path / "out2", metric="val_error_best").metric == "val_error_best"
+    )
+
+
 def test_unknown_metric_is_a_user_error(batch_sweep: Path) -> None:
     with pytest.raises(UserError, match="unknown metric 'val_acc'"):
         build_report(batch_sweep, metric="val_acc")

@@ -20,6 +20,7 @@ import pandas as pd
 from normbench.report.collect import collect_runs, median_last, read_history
 from normbench.report.plots import figure_png, plot_sweep, plot_training_curves
 from normbench.report.tables import (
+    DEFAULT_METRIC,
     DIFF_ROW,
     METRICS,
     VS_BN_ROW,
@@ -210,17 +211,22 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
-def build_report(
-    sweep_dir: Path, out_dir: Path | None = None, metric: str = "val_error_median5"
-) -> Report:
+def build_report(sweep_dir: Path, out_dir: Path | None = None, metric: str | None = None) -> Report:
     """Read every cell of ``sweep_dir`` and write the report into ``out_dir``.
 
-    ``out_dir`` defaults to ``sweep_dir/"report"``; it is skipped when reading cells.
+    ``out_dir`` defaults to ``sweep_dir/"report"``; it is skipped when reading cells. ``metric``
+    defaults to the one the cells were configured with (config.yaml ``metric``) when they agree,
+    else the median of the last 5 epochs.
     """
-    check_metric(metric)
+    if metric is not None:
+        check_metric(metric)
     sweep_dir = Path(sweep_dir)
     out_dir = Path(out_dir) if out_dir is not None else sweep_dir / "report"
     cells = collect_runs(sweep_dir, exclude=[out_dir])
+    if metric is None:
+        configured = cells["metric"].dropna().unique()
+        metric = str(configured[0]) if len(configured) == 1 else DEFAULT_METRIC
+        check_metric(metric)
     tables = build_tables(cells, metric)
     (out_dir / "curves").mkdir(parents=True, exist_ok=True)
     paths = [write_atomic(out_dir / "cells.csv", cells.to_csv(index=False).encode())]

@@ -29,7 +29,7 @@ ERROR_FIELDS = ("val_error_final", "val_error_best", "val_error_median5")
 CELL_COLUMNS = [
     "cell", "status", "experiment", "model", "dataset", "norm", "norm_label", "groups",
     "group_size", "batch", "gpus", "total_batch", "devices", "seed", "epochs", "epochs_done",
-    "steps", "lr", "bn_eval_stats", *ERROR_FIELDS, "train_error_final", "wall_time_s",
+    "steps", "lr", "bn_eval_stats", "metric", *ERROR_FIELDS, "train_error_final", "wall_time_s",
     "images_per_s", "peak_mem_mb", "diverged_at_step", "error", "command", "host", "git_commit",
     "versions", "finished_at", "path",
 ]  # fmt: skip
@@ -126,6 +126,7 @@ def identity_from_config(config: dict[str, Any]) -> dict[str, Any]:
         "devices": config.get("devices"),
         "seed": config.get("seed"),
         "epochs": config.get("epochs"),
+        "metric": config.get("metric"),  # what the experiment's report shows
     }
     if fields["norm"] is not None:
         fields["norm_label"] = fields["norm"] + ("+ws" if model.get("ws") else "")

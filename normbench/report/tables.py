@@ -25,6 +25,7 @@ from normbench.errors import UserError
 from normbench.report.paper import load_paper_table, paper_sources
 from normbench.track.rundir import split_override_dirname
 
+DEFAULT_METRIC = "val_error_median5"
 METRICS: dict[str, str] = {
     "val_error_median5": "val error, median of the last 5 epochs",
     "val_error_final": "val error at the last epoch",
@@ -270,7 +271,7 @@ LAYOUTS: dict[str, tuple[Callable[[pd.DataFrame], pd.DataFrame], str, str]] = {
 }
 
 
-def build_table(cells: pd.DataFrame, key: str, metric: str = "val_error_median5") -> Table:
+def build_table(cells: pd.DataFrame, key: str, metric: str = DEFAULT_METRIC) -> Table:
     """Our table in the paper layout ``key`` (see LAYOUTS) beside the paper's, with the delta."""
     check_metric(metric)
     entry_fn, column_name, title = LAYOUTS[key]
@@ -310,7 +311,7 @@ def build_table(cells: pd.DataFrame, key: str, metric: str = "val_error_median5"
     )
 
 
-def build_tables(cells: pd.DataFrame, metric: str = "val_error_median5") -> list[Table]:
+def build_tables(cells: pd.DataFrame, metric: str = DEFAULT_METRIC) -> list[Table]:
     """All tables that fit a sweep (see infer_layouts)."""
     check_metric(metric)
     return [build_table(cells, key, metric) for key in infer_layouts(cells)]

@@ -48,6 +48,7 @@ DONE_STATUSES = ("finished", "diverged")
 NON_SCIENCE_KEYS = frozenset({
     "name", "out_dir", "rerun", "devices", "progress", "experiment", "launcher", "logger",
     "accelerator", "backend", "log_every_steps", "checkpoint_every_steps", "cpu_threads",
+    "metric",
 })  # fmt: skip
 NON_SCIENCE_PREFIXES = ("logger.", "hydra.", "dataset.root", "dataset.workers", "dataset.download")
 
