@@ -27,6 +27,8 @@ FASHION = ["dataset=fashion_mnist", "dataset.image_size=16", "dataset.train_size
            "dataset.val_size=2000"]  # fmt: skip
 ENTRIES: dict[str, list[str]] = {
     "synthetic-batch": ["experiment=mini-batch"],
+    # Two more seeds of the same cells; the report pools them with synthetic-batch's seed 0.
+    "synthetic-batch-seeds": ["experiment=mini-batch", "seed=1,2"],
     "fashion_mnist-batch": ["experiment=mini-batch", *FASHION],
     "synthetic-groups": ["experiment=mini-groups"],
     "fashion_mnist-groups": ["experiment=mini-groups", "dataset=fashion_mnist"],
