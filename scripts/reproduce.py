@@ -68,9 +68,11 @@ def sweep(args: list[str], out_dir: Path) -> tuple[str, float]:
 
 def experiment_dir(args: list[str], out_dir: Path) -> Path:
     sys.path.insert(0, str(ROOT))
-    from normbench.hydra_app import compose
+    from normbench.hydra_app import compose, expand_sweep
 
-    cfg = compose([*args, f"out_dir={out_dir}"])
+    # compose() takes one cell: a swept value (seed=1,2) is expanded first.
+    first_cell = expand_sweep([*args, f"out_dir={out_dir}"])[0]
+    cfg = compose(first_cell)
     return Path(cfg.out_dir) / cfg.name
 
 
