@@ -63,3 +63,44 @@ def test_a_dying_worker_fails_the_job_naming_its_rank():
 
     with pytest.raises(WorkerFailed, match=r"worker rank 1 failed: .*out of cheese"):
         launch_workers(_fail_on_rank_one, "out of cheese", nprocs=2, run_id="test-dying-worker")
+
+
+def _check_divergence_on_each_rank(out_dir: str) -> None:
+    """Rank r saw its first NaN loss at step STEPS[r]; write the step the check reports."""
+    import os
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from normbench.train.distributed import DistEnv
+    from normbench.train.loop import Diverged, Trainer
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    env = DistEnv(rank, world, rank, torch.device("cpu"), "gloo")
+    reported = []
+    try:
+        for steps in DIVERGENCE_CASES:
+            trainer = SimpleNamespace(env=env)
+            try:
+                Trainer._check_divergence(trainer, torch.tensor(steps[rank]))
+                reported.append(None)
+            except Diverged as e:
+                reported.append(e.step)
+    finally:
+        dist.destroy_process_group()
+    Path(out_dir, f"rank{rank}.txt").write_text(repr(reported))
+
+
+# Per case, the first bad step seen by rank 0 and rank 1 (-1: none yet).
+DIVERGENCE_CASES = [(10, 9), (-1, 7), (4, -1), (-1, -1), (12, 12)]
+
+
+@pytest.mark.slow
+def test_divergence_is_reported_at_the_first_step_any_rank_saw(tmp_path):
+    from normbench.train.distributed import launch_workers
+
+    launch_workers(_check_divergence_on_each_rank, str(tmp_path), nprocs=2, run_id="test-diverge")
+    expected = [9, 7, 4, None, 12]  # the earliest over ranks, not the sum (was 19, 7, 4, -, 24)
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.txt").read_text() == repr(expected)

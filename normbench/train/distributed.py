@@ -81,6 +81,16 @@ def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return tensor
 
 
+def first_step_over_ranks(first_bad: torch.Tensor, env: DistEnv) -> int | None:
+    """The earliest of the ranks' steps (a 0-d integer tensor each, -1: none on this rank), or
+    None when no rank has one. A collective: every rank calls it at the same step."""
+    none = torch.iinfo(torch.long).max  # a rank without a step must not win the minimum
+    step = torch.where(first_bad < 0, none, first_bad.to(torch.long))
+    if env.world_size > 1:
+        dist.all_reduce(step, op=dist.ReduceOp.MIN)
+    return None if step.item() == none else int(step.item())
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

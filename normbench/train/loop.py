@@ -40,7 +40,13 @@ from normbench.track import rundir
 from normbench.track.environment import run_record
 from normbench.track.tracker import open_tracker
 from normbench.train.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
-from normbench.train.distributed import DistEnv, all_reduce_sum, close_process, init_process
+from normbench.train.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    close_process,
+    first_step_over_ranks,
+    init_process,
+)
 from normbench.train.loader import build_loaders, steps_per_epoch, to_device
 from normbench.train.preempt import PreemptionGuard
 from normbench.train.schedule import build_scheduler
@@ -346,9 +352,9 @@ class Trainer:
         self.progress.train_time += time.perf_counter() - start
 
     def _check_divergence(self, first_bad: torch.Tensor) -> None:
-        flag = first_bad.clamp(min=0).to(torch.float64)
-        step = int(all_reduce_sum(flag, self.env).item())
-        if step > 0:
+        """Stop every rank at the first step any rank's loss was NaN or inf (a collective)."""
+        step = first_step_over_ranks(first_bad, self.env)
+        if step is not None:
             raise Diverged(step)
 
     def run(self, tracker, guard: PreemptionGuard) -> dict[str, Any]:
