@@ -80,6 +80,11 @@ class DatasetConfig:
     download: bool = False
     bad_images: str = "fail"  # fail | skip (and count) unreadable images
     workers: int = 0  # DataLoader worker processes per rank
+    # The paper's extra ImageNet train augmentation (fb.resnet.torch), 0 = off; imagenet only,
+    # other datasets refuse a non-zero value: brightness/contrast/saturation jitter strength,
+    # and the alpha std of AlexNet's PCA lighting noise.
+    color_jitter: float = 0.0
+    lighting: float = 0.0
 
 
 @dataclass
@@ -238,7 +243,7 @@ def validate(cfg: Config) -> None:
     GPUs instead, e.g. ``devices=1 gpus=8``. Processes started by torchrun or SLURM are theirs
     to place, so that check is left out there.
     """
-    from normbench.data import check_dataset, list_datasets
+    from normbench.data import check_augment_options, check_dataset, list_datasets
     from normbench.models import build_model, list_models
     from normbench.norms import get_norm_spec
     from normbench.report.tables import METRICS
@@ -299,6 +304,7 @@ def validate(cfg: Config) -> None:
             f"gpus={cfg.gpus} is not a multiple of devices={devices} "
             f"(allowed devices: {', '.join(map(str, allowed))})"
         )
+    check_augment_options(cfg.dataset.name, cfg.dataset.color_jitter, cfg.dataset.lighting)
     check_dataset(cfg.dataset.name, cfg.dataset.root, download=cfg.dataset.download)
     # Building the network on the meta device checks every norm option against every layer
     # (e.g. groups that do not divide a width) without allocating memory.

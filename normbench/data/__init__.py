@@ -44,6 +44,8 @@ class _Request:
     augment: bool
     download: bool
     bad_images: str
+    color_jitter: float
+    lighting: float
 
 
 BAD_IMAGE_POLICIES = ("fail", "skip")
@@ -106,7 +108,8 @@ def _build_imagenet(req: _Request) -> DatasetBundle:
     size = req.image_size or imagenet.IMAGE_SIZE
     train, val = imagenet.build(
         root, size, seed=req.seed, augment=req.augment, bad_images=req.bad_images,
-        train_size=req.train_size, val_size=req.val_size,
+        train_size=req.train_size, val_size=req.val_size, color_jitter=req.color_jitter,
+        lighting=req.lighting,
     )  # fmt: skip
     return DatasetBundle(train, val, len(train.classes), 3, size, collate)
 
@@ -156,13 +159,16 @@ def build_datasets(
     augment: bool,
     download: bool,
     bad_images: str,
+    color_jitter: float = 0.0,
+    lighting: float = 0.0,
 ) -> DatasetBundle:
     """Build the train and validation datasets called ``name``.
 
     ``root``: where the files are (None: the dataset's default places). ``seed`` fixes synthetic
     data, subsets and augmentation. ``image_size``/``train_size``/``val_size``: None keeps the
     dataset's own. ``download``: fetch missing CIFAR files. ``bad_images``: what ImageFolder data
-    does with unreadable files, "fail" or "skip".
+    does with unreadable files, "fail" or "skip". ``color_jitter``/``lighting``: the paper's
+    extra ImageNet train augmentation, 0 = off (see :func:`check_augment_options`).
     """
     if name not in _BUILDERS:
         raise UserError(f"unknown dataset '{name}' (allowed: {', '.join(sorted(_BUILDERS))})")
@@ -172,8 +178,27 @@ def build_datasets(
         )
     if image_size is not None and image_size <= 0:
         raise UserError(f"image_size {image_size} out of range (allowed: >= 1)")
-    req = _Request(root, seed, image_size, train_size, val_size, augment, download, bad_images)
+    check_augment_options(name, color_jitter, lighting)
+    req = _Request(
+        root, seed, image_size, train_size, val_size, augment, download, bad_images,
+        color_jitter, lighting,
+    )  # fmt: skip
     return _BUILDERS[name][0](req)
+
+
+def check_augment_options(name: str, color_jitter: float, lighting: float) -> None:
+    """Colour jitter and PCA lighting strengths: >= 0 (0 = off); raises UserError.
+
+    They are the ImageNet recipe's (fb.resnet.torch's), so only imagenet takes them: other
+    datasets refuse a non-zero value rather than train without what the config asks for.
+    """
+    for what, value in (("color_jitter", color_jitter), ("lighting", lighting)):
+        if value < 0:
+            raise UserError(f"dataset.{what}={value} must be >= 0 (0 turns it off)")
+        if value > 0 and name != "imagenet":
+            raise UserError(
+                f"dataset.{what}={value} is an imagenet option (dataset.name={name}): set it to 0"
+            )
 
 
 def check_dataset(name: str, root: str | None, *, download: bool = False) -> None:
@@ -265,4 +290,11 @@ def _in_memory_bundle(
     return DatasetBundle(train_ds, val_ds, num_classes, channels, size, collate)
 
 
-__all__ = ["DatasetBundle", "build_datasets", "check_dataset", "default_root", "list_datasets"]
+__all__ = [
+    "DatasetBundle",
+    "build_datasets",
+    "check_augment_options",
+    "check_dataset",
+    "default_root",
+    "list_datasets",
+]

@@ -5,6 +5,10 @@ transforms. As for the in-memory datasets, augmentation is a function of (seed, 
 index): each sample's transform runs with torch's CPU generator seeded from that triple (and the
 generator's state restored afterwards), so 8 real GPUs, 8 emulated ones and any number of
 DataLoader workers see the same crops of the same images. Call ``set_epoch`` before each epoch.
+
+The train transform is the paper's (fb.resnet.torch's): random-size crop and flip, plus, when
+asked, colour jitter (torchvision's ColorJitter) and AlexNet's PCA lighting noise
+(:class:`Lighting`, which torchvision lacks).
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ IMAGE_SIZE = 224
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 EVAL_RESIZE_RATIO = 256 / 224  # resize the short side to 256, then centre-crop 224
+# AlexNet's principal components of ImageNet's RGB pixels in [0, 1] (as fb.resnet.torch has them):
+# eigenvalues, and eigenvectors as the columns of the matrix.
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
 
 # What PIL raises for a file that is not a readable image (truncated, garbage, unsupported,
 # too large to decode safely); OSError also covers a file that cannot be opened at all.
@@ -34,14 +46,45 @@ _UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 log = logging.getLogger(__name__)
 
 
-def train_transform(size: int) -> Callable:
-    """Random-size crop (8-100 % of the area, aspect 3/4-4/3) to size x size, flip, normalize."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(size),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(MEAN, STD),
-    ])  # fmt: skip
+class Lighting:
+    """AlexNet's PCA lighting noise on an RGB tensor in [0, 1]: one colour shift per image.
+
+    rgb = eigvec @ (alpha * eigval) with alpha ~ N(0, alphastd^2) per component, added to every
+    pixel, so the shift's covariance is eigvec diag((alphastd * eigval)^2) eigvec^T. Unclamped,
+    as in fb.resnet.torch. Draws from torch's default generator (seeded per sample by the dataset).
+    """
+
+    def __init__(self, alphastd: float) -> None:
+        self.alphastd = alphastd
+        self.eigval = torch.tensor(PCA_EIGVAL)
+        self.eigvec = torch.tensor(PCA_EIGVEC)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        alpha = torch.randn(3) * self.alphastd
+        rgb = self.eigvec @ (alpha * self.eigval)
+        return image + rgb.view(3, 1, 1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(alphastd={self.alphastd})"
+
+
+def train_transform(size: int, color_jitter: float = 0.0, lighting: float = 0.0) -> Callable:
+    """Random-size crop (8-100 % of the area, aspect 3/4-4/3) to size x size, flip, normalize.
+
+    ``color_jitter`` > 0: brightness, contrast and saturation factors each drawn from
+    [1 - color_jitter, 1 + color_jitter], applied in random order (ColorJitter does both, as
+    fb.resnet.torch). ``lighting`` > 0: :class:`Lighting` with that alphastd, on the [0, 1]
+    tensor before normalization. 0 leaves a step out.
+    """
+    steps: list[Callable] = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
+    if color_jitter:
+        strength = {key: color_jitter for key in ("brightness", "contrast", "saturation")}
+        steps.append(transforms.ColorJitter(**strength))
+    steps.append(transforms.ToTensor())
+    if lighting:
+        steps.append(Lighting(lighting))
+    steps.append(transforms.Normalize(MEAN, STD))
+    return transforms.Compose(steps)
 
 
 def eval_transform(size: int) -> Callable:
@@ -137,15 +180,18 @@ def build(
     bad_images: str,
     train_size: int | None = None,
     val_size: int | None = None,
+    color_jitter: float = 0.0,
+    lighting: float = 0.0,
 ) -> tuple[ImageFolderDataset, ImageFolderDataset]:
     """(train, val) datasets of the image folders under ``root``, images size x size.
 
     The folders are checked first (present, not empty, the same classes) by
     :func:`normbench.data.check_dataset`. ``train_size``/``val_size`` keep a subset chosen by
-    ``seed`` (None keeps all). Without ``augment`` the train images get the eval transform.
+    ``seed`` (None keeps all). Without ``augment`` the train images get the eval transform
+    (neither colour jitter nor lighting); with it, :func:`train_transform`'s options apply.
     """
     check_dataset("imagenet", str(root))
-    train_tf = train_transform(size) if augment else eval_transform(size)
+    train_tf = train_transform(size, color_jitter, lighting) if augment else eval_transform(size)
     # Subset seeds as for the in-memory datasets (normbench.data._subsample_pair).
     train = _split(Path(root) / "train", train_tf, bad_images, seed, train_size, seed * 2)
     val = _split(Path(root) / "val", eval_transform(size), bad_images, seed, val_size, seed * 2 + 1)

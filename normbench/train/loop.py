@@ -164,7 +164,8 @@ class Trainer:
             cfg.dataset.name, cfg.dataset.root, seed=cfg.seed, image_size=cfg.dataset.image_size,
             train_size=cfg.dataset.train_size, val_size=cfg.dataset.val_size,
             augment=cfg.dataset.augment, download=cfg.dataset.download,
-            bad_images=cfg.dataset.bad_images,
+            bad_images=cfg.dataset.bad_images, color_jitter=cfg.dataset.color_jitter,
+            lighting=cfg.dataset.lighting,
         )  # fmt: skip
         self.train_loader, self.val_loader, self.sampler = build_loaders(
             self.data, batch_per_rank=cfg.batch * self.chunks, world_size=env.world_size,
