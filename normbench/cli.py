@@ -21,13 +21,15 @@ from normbench.errors import UserError
 from normbench.track.environment import COMMAND_ENV
 
 USAGE = __doc__.split("\n\n", 1)[1].rstrip()
+# `train` on a cell another process is running: not trained, so not success (EX_TEMPFAIL).
+BUSY_EXIT_CODE = 75
 log = logging.getLogger("normbench")
 
 
 def _cmd_train(args: list[str]) -> int:
     from normbench.config import as_config
     from normbench.hydra_app import compose
-    from normbench.job import cell_dir, run_cell
+    from normbench.job import busy_message, cell_dir, run_cell
     from normbench.track import rundir
 
     if any("," in a.split("=", 1)[-1] and not a.split("=", 1)[-1].startswith("[") for a in args):
@@ -35,6 +37,9 @@ def _cmd_train(args: list[str]) -> int:
     cfg = compose(args)
     status = run_cell(cfg, args)
     run_dir = cell_dir(as_config(cfg), args)
+    if status == "busy":
+        print(f"normbench: {run_dir} not trained: {busy_message(run_dir)}", file=sys.stderr)
+        return BUSY_EXIT_CODE
     metrics = rundir.read_json(run_dir / rundir.METRICS) or {}
     if metrics.get("val_error_median5") is not None:
         print(

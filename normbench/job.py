@@ -43,6 +43,10 @@ def check_reusable(run_dir: Path, config: Config) -> None:
         )
 
 
+def busy_message(run_dir: Path) -> str:
+    return f"another process is running this cell ({rundir.lock_holder(run_dir)})"
+
+
 def _under_slurm_tasks() -> bool:
     """True in each task of a multi-task SLURM job (submitit launcher, one task per GPU)."""
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
@@ -92,8 +96,10 @@ def run_cell(cfg: DictConfig | Config, overrides: list[str]) -> str:
     try:
         if is_rank0:
             lock.acquire(timeout=0)
+            rundir.write_lock_holder(run_dir)
     except Timeout:
-        log.warning("skip %s: another process is running this cell", run_dir)
+        # Info, not a warning: a sweep shows it, `train` turns it into its own error line.
+        log.info("skip %s: %s", run_dir, busy_message(run_dir))
         return "busy"
     try:
         done = rundir.finished_status(run_dir)  # finished by someone else while we waited?
@@ -125,4 +131,5 @@ def run_cell(cfg: DictConfig | Config, overrides: list[str]) -> str:
         return status
     finally:
         if lock.is_locked:
+            (run_dir / rundir.LOCK_HOLDER).unlink(missing_ok=True)  # before the next one writes
             lock.release()

@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import torch
 from conftest import TINY, run_cli
 from filelock import FileLock
 
-from normbench.cli import main
+from normbench.cli import BUSY_EXIT_CODE, main
 from normbench.report import collect_runs
 from normbench.report.tables import build_tables
 from normbench.track import rundir
@@ -155,7 +156,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monke
 
 TORN_WRITE = """
 import os, signal, sys
-from normbench.cli import main
+from normbench.cli import BUSY_EXIT_CODE, main
 
 real_fdopen, checkpoint_writes = os.fdopen, []
 
@@ -358,11 +359,27 @@ def test_a_cell_held_by_another_process_is_left_alone(tmp_path):
     args = ["train", *QUICK, f"out_dir={out}"]
     run_dir = out / "synthetic-resnet8" / rundir.cell_name(QUICK, "bn", 8)
     run_dir.mkdir(parents=True)
-    with FileLock(str(run_dir / rundir.LOCK)):
+    with FileLock(str(run_dir / rundir.LOCK)):  # a holder that did not say who it is
         busy = run_cli(args, cwd=tmp_path, env=ENV)
-    assert busy.returncode == 0, busy.stderr
-    assert "another process is running this cell" in busy.stderr
+    # Not trained is not success: a script must see it (EX_TEMPFAIL: try again later).
+    assert busy.returncode == BUSY_EXIT_CODE == 75, busy.stdout + busy.stderr
+    (line,) = busy.stderr.strip().splitlines()
+    assert "another process is running this cell" in line and str(run_dir) in line
     assert sorted(p.name for p in run_dir.iterdir()) == [rundir.LOCK]  # nothing written
+
+
+@pytest.mark.slow
+def test_train_on_a_busy_cell_exits_non_zero_naming_the_process_that_holds_it(tmp_path):
+    out = tmp_path / "out"
+    args = ["train", *tiny("dataset.train_size=64", "dataset.val_size=32"), f"out_dir={out}"]
+    with _running([*args, "epochs=200"], tmp_path) as holder:
+        _wait_for_checkpoint(out, holder, lambda progress: progress["step"] >= 1)
+        busy = run_cli([*args, "epochs=200"], cwd=tmp_path, env=ENV)
+        assert holder.poll() is None  # still training: the lock was really held
+    assert busy.returncode == BUSY_EXIT_CODE, busy.stdout + busy.stderr
+    (line,) = busy.stderr.strip().splitlines()
+    assert f"pid {holder.pid} on {socket.gethostname()}" in line, line
+    assert "val top-1 error" not in busy.stdout
 
 
 # ---- 7. a full disk -----------------------------------------------------------------------------

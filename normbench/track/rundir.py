@@ -18,6 +18,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -35,6 +36,7 @@ METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
 LOCK = ".lock"
+LOCK_HOLDER = ".lock.holder"  # who holds LOCK: the lock file itself is truncated by each try
 
 HISTORY_COLUMNS = (
     "epoch", "step", "train_loss", "train_error", "val_loss", "val_error",
@@ -238,6 +240,24 @@ def archive_result(run_dir: Path) -> Path | None:
     for name in names:
         shutil.move(str(run_dir / name), str(target / name))
     return target
+
+
+def write_lock_holder(run_dir: Path) -> None:
+    """Say which process holds the cell's lock (call right after taking it)."""
+    since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json(run_dir / LOCK_HOLDER, {"pid": os.getpid(), "host": socket.gethostname(),
+                                        "since": since})  # fmt: skip
+
+
+def lock_holder(run_dir: Path) -> str:
+    """The process that holds the cell's lock, in words, as it wrote it."""
+    try:
+        holder = read_json(run_dir / LOCK_HOLDER)
+    except (OSError, ValueError):  # being replaced, or torn by a crash: say nothing wrong
+        holder = None
+    if not holder:
+        return "a process that has not said which"
+    return f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
 
 
 def ensure_writable(directory: Path) -> None:
