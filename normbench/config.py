@@ -57,6 +57,7 @@ class NormConfig:
     relax_steps: int | None = None
     learned_eps: bool | None = None
     tlu: bool | None = None
+    iterations: int | None = None  # IterNorm's Newton iterations T
 
     def options(self) -> dict[str, Any]:
         """The options set for this norm (None values and other norms' options left out)."""

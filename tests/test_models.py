@@ -9,8 +9,8 @@ from torch import nn
 
 from normbench.errors import UserError
 from normbench.models import build_model, list_models
-from normbench.models.resnet import RESIDUAL_BLOCKS, BasicBlock, Bottleneck
-from normbench.norms import build_norm, list_norms
+from normbench.models.resnet import RESIDUAL_BLOCKS, BasicBlock, Bottleneck, NormFactory
+from normbench.norms import build_norm, get_norm_spec, list_norms
 from normbench.norms.frn import TLU
 from normbench.norms.ws import WSConv2d
 
@@ -39,8 +39,8 @@ def _input(model_name: str, in_channels: int = 3) -> torch.Tensor:
 
 
 def _norm_options(model_name: str, norm: str) -> dict | None:
-    # GN's default 32 groups do not divide the CIFAR models' 16-channel layers.
-    return {"groups": 8} if norm == "gn" and model_name in CIFAR else None
+    # GN's (and EvoNorm-S0's) default 32 groups do not divide the CIFAR models' 16-channel layers.
+    return {"groups": 8} if norm in ("gn", "evonorm_s0") and model_name in CIFAR else None
 
 
 def _block_out_channels(block: nn.Module) -> int:
@@ -167,23 +167,76 @@ def test_paper_init_of_convs_and_classifier() -> None:
     assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.02)
 
 
+def _pairs(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
+    """(name, norm, activation) of every norm + activation position: stem and inside blocks."""
+    pairs = [("stem", model.bn1, model.relu)]
+    for name, block in model.named_modules():
+        if isinstance(block, RESIDUAL_BLOCKS):
+            pairs.append((f"{name}.bn1", block.bn1, block.act1))
+            if isinstance(block, Bottleneck):
+                pairs.append((f"{name}.bn2", block.bn2, block.act2))
+    return pairs
+
+
+def _unpaired_norms(model: nn.Module) -> list[nn.Module]:
+    """The norms no activation follows: each block's last norm and the shortcuts' norms."""
+    norms = []
+    for block in model.modules():
+        if isinstance(block, RESIDUAL_BLOCKS):
+            norms.append(block.last_norm)
+            if block.downsample is not None:
+                norms.append(block.downsample[1])
+    return norms
+
+
+REPLACING = [spec.name for spec in list_norms() if spec.replaces_activation]
+
+
+@pytest.mark.parametrize("norm", REPLACING)
 @pytest.mark.parametrize("model_name", ["resnet20", "resnet50"])
-def test_frn_replaces_every_relu_with_a_tlu_in_its_slot(model_name: str) -> None:
-    model = build_model(model_name, norm="frn")
-    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
-    slots = _activation_slots(model)
-    for name, module, channels in slots:
-        assert isinstance(module, TLU), name
-        assert module.num_channels == channels, name
-    # No other TLU anywhere: the norms (the last of each block and the shortcuts' included)
-    # are bare FRNs, so nothing follows a norm before the residual addition.
-    assert sum(isinstance(m, TLU) for m in model.modules()) == len(slots)
+def test_norms_that_replace_the_activation_carry_it_where_a_relu_stood(
+    model_name: str, norm: str
+) -> None:
+    options = _norm_options(model_name, norm)
+    with torch.device("meta"):
+        model = build_model(model_name, norm=norm, norm_options=options)
+    pairs = _pairs(model)
+    for name, layer, activation in pairs:  # the norm + its nonlinearity, fused
+        assert layer.act and isinstance(activation, nn.Identity), name
+    assert not any(layer.act for layer in _unpaired_norms(model))  # before an addition: none
+    after_addition = [b.act_out for b in model.modules() if isinstance(b, RESIDUAL_BLOCKS)]
+    # FRN's activation is its TLU everywhere; EvoNorm's authors keep ReLU after the addition.
+    expected = TLU if norm == "frn" else nn.ReLU
+    assert all(type(a) is expected for a in after_addition)
+    relus = sum(isinstance(m, nn.ReLU) for m in model.modules())
+    assert relus == (0 if norm == "frn" else len(after_addition))
 
 
-def test_frn_without_tlu_keeps_relu() -> None:
+def test_frn_tlu_means_the_same_in_the_norm_and_in_the_model() -> None:
+    # tlu=true: FRN's nonlinearity is TLU, fused after FRN and standalone after the addition.
+    model = build_model("resnet20", norm="frn")
+    assert all(isinstance(layer.tlu, TLU) for _, layer, _ in _pairs(model))
+    assert all(isinstance(b.act_out, TLU) for b in model.modules() if isinstance(b, BasicBlock))
+    # tlu=false: ReLU in both places (the FRN paper's "FRN without TLU"), and no TLU anywhere.
     model = build_model("resnet20", norm="frn", norm_options={"tlu": False})
     assert not any(isinstance(m, TLU) for m in model.modules())
-    assert all(isinstance(module, nn.ReLU) for _, module, _ in _activation_slots(model))
+    assert all(layer.act and layer.tlu is None for _, layer, _ in _pairs(model))
+    x = torch.randn(2, 16, 4, 4)
+    layer = _pairs(model)[0][1]
+    torch.testing.assert_close(layer(x), build_norm("frn", 16, tlu=False, act=False)(x).relu())
+
+
+@pytest.mark.parametrize("norm", [spec.name for spec in list_norms()])
+def test_the_benchmarked_norm_activation_pair_is_what_the_model_trains(norm: str) -> None:
+    # scripts/bench_norms.py times NormFactory.norm_act; the blocks are built from it too.
+    options = _norm_options("resnet50", norm)
+    with torch.device("meta"):
+        model = build_model("resnet50", norm=norm, norm_options=options)
+        timed, timed_act = NormFactory("resnet50", norm, options).norm_act(64)
+    _, layer, activation = _pairs(model)[1]  # layer1[0].bn1: 64 channels
+    assert type(layer) is type(timed) and repr(layer) == repr(timed)
+    assert type(activation) is type(timed_act)
+    assert get_norm_spec(norm).replaces_activation == isinstance(activation, nn.Identity)
 
 
 @pytest.mark.parametrize("model_name", ["resnet20", "resnet18"])

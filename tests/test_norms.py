@@ -35,7 +35,9 @@ from normbench.norms.ws import standardize_weight
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 DT = torch.float64
-ALL_NORMS = ["bn", "brn", "frn", "gn", "in", "ln", "syncbn"]
+ALL_NORMS = [
+    "bn", "brn", "dbn", "evonorm_b0", "evonorm_s0", "frn", "gn", "in", "iternorm", "ln", "syncbn",
+]  # fmt: skip
 
 
 def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-10) -> None:
@@ -155,13 +157,15 @@ def test_emulated_bn_rejects_batch_not_divisible_by_chunks():
         bn(torch.randn(8, 4, 2, 2))
 
 
-def test_set_emulated_gpus_reaches_bn_and_brn_only():
+def test_set_emulated_gpus_reaches_the_per_gpu_norms_only():
+    per_gpu = ["bn", "brn", "evonorm_b0", "iternorm", "dbn"]
     model = nn.Sequential(
-        build_norm("bn", 4), nn.Sequential(build_norm("brn", 4)), build_norm("syncbn", 4)
+        *(build_norm(name, 16) for name in per_gpu),
+        nn.Sequential(build_norm("syncbn", 16), build_norm("evonorm_s0", 16, groups=4)),
     )
     set_emulated_gpus(model, 4)
-    assert model[0].chunks == 4 and model[1][0].chunks == 4
-    assert not hasattr(model[2], "chunks")
+    assert all(layer.chunks == 4 for layer in model[: len(per_gpu)])
+    assert not any(hasattr(layer, "chunks") for layer in model[-1])
     with pytest.raises(ValueError):
         set_emulated_gpus(model, 0)
 
@@ -374,20 +378,26 @@ def test_in_matches_nn_instancenorm2d(mode):
 # ----------------------------------------------------------------------------- frn
 
 
-def frn_formula(x, weight, bias, tau, eps):
+def frn_formula(x, weight, bias, tau, eps, act=True):
+    """FRN, then (``act``) TLU max(y, tau), or ReLU max(y, 0) when ``tau`` is None."""
     nu2 = (x**2).mean(dim=(2, 3), keepdim=True)
     y = x / torch.sqrt(nu2 + eps) * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
-    return y if tau is None else torch.maximum(y, tau.view(1, -1, 1, 1))
+    if not act:
+        return y
+    return torch.maximum(y, torch.zeros(()) if tau is None else tau.view(1, -1, 1, 1))
 
 
-@pytest.mark.parametrize("tlu", [True, False])
+@pytest.mark.parametrize("nonlinearity", ["tlu", "relu", "none"])
 @pytest.mark.parametrize("learned_eps", [False, True])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_frn_matches_the_formula(tlu, learned_eps, mode):
-    ours = build_norm("frn", 4, tlu=tlu, learned_eps=learned_eps).to(DT).train(mode == "train")
+def test_frn_matches_the_formula(nonlinearity, learned_eps, mode):
+    # One meaning of tlu: FRN's nonlinearity is TLU (true) or ReLU (false); act=False is the
+    # bare FRN a model puts before a residual addition.
+    options = {"tlu": nonlinearity == "tlu", "act": nonlinearity != "none"}
+    ours = build_norm("frn", 4, learned_eps=learned_eps, **options).to(DT).train(mode == "train")
     randomize_affine(ours)
     params = {n: p.detach().clone().requires_grad_(True) for n, p in ours.named_parameters()}
-    if tlu:
+    if nonlinearity == "tlu":
         with torch.no_grad():
             ours.tlu.tau.copy_(torch.tensor([-0.5, 0.0, 0.3, 1.0]))
         params["tlu.tau"] = ours.tlu.tau.detach().clone().requires_grad_(True)
@@ -397,7 +407,9 @@ def test_frn_matches_the_formula(tlu, learned_eps, mode):
 
     xr = x.clone().requires_grad_(True)
     eps = 1e-6 + params["eps_l"].abs().view(1, -1, 1, 1) if learned_eps else 1e-6
-    ref = frn_formula(xr, params["weight"], params["bias"], params.get("tlu.tau"), eps)
+    ref = frn_formula(
+        xr, params["weight"], params["bias"], params.get("tlu.tau"), eps, options["act"]
+    )
     (ref * up).sum().backward()
     close(out, ref.detach())
     close(gx, xr.grad)
@@ -496,8 +508,10 @@ def test_convert_to_ws_swaps_every_conv_in_place_and_keeps_weights():
 def test_list_norms_names_every_norm_with_its_properties():
     specs = list_norms()
     assert [s.name for s in specs] == ALL_NORMS
-    assert {s.name for s in specs if s.batch_dependent} == {"bn", "brn", "syncbn"}
-    assert {s.name for s in specs if s.replaces_activation} == {"frn"}
+    assert {s.name for s in specs if s.batch_dependent} == {
+        "bn", "brn", "syncbn", "evonorm_b0", "iternorm", "dbn",
+    }  # fmt: skip
+    assert {s.name for s in specs if s.replaces_activation} == {"frn", "evonorm_b0", "evonorm_s0"}
     for spec in specs:
         assert spec.description and "\n" not in spec.description
         assert spec.options and all(spec.options.values())
@@ -518,8 +532,9 @@ def test_every_norm_builds_for_64_channels_and_trains(name):
 
 def test_options_set_to_none_take_defaults():
     everything = dict.fromkeys(
-        ["eps", "momentum", "eval_stats", "groups", "group_size", "r_max", "tlu"]
+        ["eps", "momentum", "eval_stats", "groups", "group_size", "r_max", "tlu", "iterations"]
     )
+    assert build_norm("iternorm", 64, **everything).iterations == 5
     assert build_norm("gn", 64, **everything).num_groups == 32
     assert build_norm("bn", 64, **everything).eps == 1e-5
     assert build_norm("frn", 64, **everything).eps == 1e-6
@@ -533,6 +548,9 @@ def test_options_reach_the_module():
     brn = build_norm("brn", 8, r_max=3, d_max=5, warmup_steps=0, relax_steps=10)
     assert (brn.r_max, brn.d_max, brn.warmup_steps, brn.relax_steps) == (3, 5, 0, 10)
     assert build_norm("frn", 8, tlu=False).tlu is None
+    assert build_norm("iternorm", 32, group_size=8, iterations=3).iterations == 3
+    assert build_norm("dbn", 32, momentum=0.2, eval_stats="first").eval_stats == "first"
+    assert build_norm("evonorm_s0", 32, group_size=8).groups == 4
 
 
 @pytest.mark.parametrize(
@@ -553,6 +571,10 @@ def test_options_reach_the_module():
         (lambda: build_norm("bn", 64, eval_stats="last"), "allowed: average or first"),
         (lambda: build_norm("frn", 64, tlu="yes"), "frn: tlu='yes' is invalid"),
         (lambda: build_norm("brn", 64, r_max=0.5), "brn: r_max=0.5 is invalid"),
+        (lambda: build_norm("iternorm", 24), "iternorm: group_size=16 does not divide 24"),
+        (lambda: build_norm("dbn", 64, iterations=3), "norm 'dbn' has no option 'iterations'"),
+        (lambda: build_norm("iternorm", 64, iterations=0), "iternorm: iterations=0 is invalid"),
+        (lambda: build_norm("evonorm_s0", 16), "evonorm_s0: groups=32 does not divide 16"),
     ],
 )
 def test_user_errors_name_the_value_and_what_is_allowed(call, message):

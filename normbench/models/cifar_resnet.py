@@ -4,7 +4,8 @@ A 3x3 stem conv (stride 1), three stages of ``n`` basic blocks with widths w, 2w
 and 3 halve the resolution), global average pooling and a linear classifier: depth 6n + 2.
 Shortcuts are identities, or a 1x1 conv + norm where the shape changes (option B). The blocks,
 norms, activations and initialisation are the ones of :mod:`normbench.models.resnet`, so norm
-placement (FRN+TLU included) is the same in both families. Any input of 8 px or more works.
+placement (FRN + TLU and EvoNorm included) is the same in both families. Any input of 8 px or
+more works.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def make_stage(
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for small images; attribute names follow torchvision's ResNet.
 
-    ``relu`` is the stem's activation slot (a TLU for FRN), as in torchvision.
+    ``relu`` is the stem's activation slot (Identity where the norm carries its own
+    nonlinearity), as in torchvision.
     """
 
     def __init__(
@@ -57,8 +59,7 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, padding=1, bias=False)
-        self.bn1 = factory(width)
-        self.relu = factory.activation(width)
+        self.bn1, self.relu = factory.norm_act(width)
         self.layer1 = make_stage(width, width, blocks_per_stage, 1, factory)
         self.layer2 = make_stage(width, 2 * width, blocks_per_stage, 2, factory)
         self.layer3 = make_stage(2 * width, 4 * width, blocks_per_stage, 2, factory)

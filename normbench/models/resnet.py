@@ -9,18 +9,20 @@ Both families (torchvision's ImageNet ResNets here, the CIFAR-style ones in
   module per position instead of one shared ``relu``;
 * :func:`init_weights` -- the Group Normalization paper's initialisation.
 
-Norms that replace the activation (FRN, whose TLU is its nonlinearity) are placed by giving every
-activation *slot* its own module rather than by rewriting forward functions:
+Norms that replace the activation (FRN + TLU, EvoNorm) are placed by position, the same way for
+every norm, rather than by rewriting forward functions:
 
-* every norm is built without its activation (FRN with ``tlu=False``);
-* every activation slot -- after a norm inside a block, after the residual addition, after the
-  stem norm -- holds ``factory.activation(channels)``: ``nn.ReLU`` normally, ``TLU(channels)``
-  for a norm that replaces the activation.
+* a norm followed by an activation (inside a block, the stem's) is built by
+  ``factory.norm_act(channels)`` as a (norm, activation) pair: (norm, ReLU) normally, and
+  (the norm with its nonlinearity fused in, Identity) for a norm that replaces the activation;
+* a norm before a residual addition, and a shortcut's norm, is ``factory(channels)``: for a norm
+  that replaces the activation, the layer without its nonlinearity (a bare FRN; EvoNorm's
+  affine-only form, as in the EvoNorm authors' ResNet code);
+* the activation after each residual addition is ``factory.activation(channels)``: ReLU, or the
+  norm's own (a TLU for FRN; EvoNorm's authors keep ReLU there).
 
-So each norm+ReLU pair becomes FRN followed by TLU, the last norm of a block (before the addition)
-and the shortcut's norm are a bare FRN, and the activation after the addition is a TLU with the
-block's output channel count. For BN, GN, ... the modules and the state-dict keys are exactly
-torchvision's (the activations hold no parameters), so torchvision checkpoints still load.
+For BN, GN, ... the modules and the state-dict keys are exactly torchvision's (the activations
+hold no parameters), so torchvision checkpoints still load.
 """
 
 from __future__ import annotations
@@ -34,52 +36,57 @@ from torchvision.models import resnet as tv
 
 from normbench.errors import UserError
 from normbench.norms import build_norm, get_norm_spec
-from normbench.norms.frn import TLU
 
 
 class NormFactory:
     """Builds the norm and activation modules of one model.
 
-    Call it with a channel count to get a norm layer (it is the ``norm_layer`` torchvision's
-    ResNet takes); :meth:`activation` gives the module for an activation slot. A bad norm option
-    becomes a :class:`UserError` prefixed with the model name (the norm zoo's message names the
-    layer width where the width is the problem).
-
-    For a norm that replaces the activation (FRN), the ``tlu`` option chooses the activation
-    slots' module: TLU by default, ``tlu=False`` keeps ReLU (the FRN paper's "FRN without TLU").
-    The norm itself is then always built without TLU, since the slots hold it.
+    Call it with a channel count to get a norm layer with no activation after it (it is the
+    ``norm_layer`` torchvision's ResNet takes; blocks rebuild their norm + activation pairs with
+    :meth:`norm_act`); :meth:`activation` gives the module after a residual addition. A bad norm
+    option becomes a :class:`UserError` prefixed with the model name (the norm zoo's message
+    names the layer width where the width is the problem).
     """
 
     def __init__(self, model: str, norm: str, options: Mapping[str, Any] | None = None) -> None:
-        spec = get_norm_spec(norm)
-        norm_options = dict(options or {})
-        self.use_tlu = False
-        if spec.replaces_activation:
-            tlu = norm_options.pop("tlu", None)
-            if tlu is not None and not isinstance(tlu, bool):
-                raise UserError(f"{model}: {norm}: tlu={tlu!r} is invalid (allowed: true or false)")
-            self.use_tlu = tlu is not False
-            norm_options["tlu"] = False
+        self.spec = get_norm_spec(norm)
         self.model = model
         self.norm = norm
-        self.norm_options = norm_options
+        self.norm_options = dict(options or {})
 
-    def __call__(self, num_channels: int) -> nn.Module:
-        """A norm layer over ``num_channels`` channels."""
+    def _build(self, num_channels: int, act: bool) -> nn.Module:
         try:
-            return build_norm(self.norm, num_channels, **self.norm_options)
+            return build_norm(self.norm, num_channels, act=act, **self.norm_options)
         except UserError as err:
             # The zoo's messages name the channel count where it matters ("groups=32 does not
             # divide 16 channels"); the model name says where that layer is.
             raise UserError(f"{self.model}: {err}") from err
 
+    def __call__(self, num_channels: int) -> nn.Module:
+        """A norm layer over ``num_channels`` channels that no activation follows."""
+        return self._build(num_channels, act=False)
+
+    def norm_act(self, num_channels: int) -> tuple[nn.Module, nn.Module]:
+        """(norm, activation) for a norm + ReLU position of the network.
+
+        A norm that replaces the activation comes with its nonlinearity fused in and an
+        Identity in the activation slot: the layer :func:`~normbench.norms.build_norm` gives
+        (and scripts/bench_norms.py times).
+        """
+        if self.spec.replaces_activation:
+            return self._build(num_channels, act=True), nn.Identity()
+        return self._build(num_channels, act=False), nn.ReLU(inplace=True)
+
     def activation(self, num_channels: int) -> nn.Module:
-        """The module for an activation slot after a norm or a residual addition."""
-        return TLU(num_channels) if self.use_tlu else nn.ReLU(inplace=True)
+        """The module after a residual addition."""
+        if self.spec.activation is None:
+            return nn.ReLU(inplace=True)
+        given = {k: v for k, v in self.norm_options.items() if v is not None}
+        return self.spec.activation(num_channels, **given)
 
 
 def _activation(norm_layer: Any, num_channels: int) -> nn.Module:
-    """The activation that goes with ``norm_layer``: ReLU unless a factory says otherwise.
+    """The activation after a residual addition: ReLU unless a factory says otherwise.
 
     Anything else torchvision passes (None, ``nn.BatchNorm2d``) gets its ReLU, so the blocks
     stay drop-in replacements for torchvision's.
@@ -87,6 +94,17 @@ def _activation(norm_layer: Any, num_channels: int) -> nn.Module:
     if isinstance(norm_layer, NormFactory):
         return norm_layer.activation(num_channels)
     return nn.ReLU(inplace=True)
+
+
+def _norm_act(norm_layer: Any, norm: nn.Module, num_channels: int) -> tuple[nn.Module, nn.Module]:
+    """(norm, activation) for a norm + ReLU position; ``norm`` is what torchvision built there.
+
+    torchvision builds every norm through ``norm_layer`` alone; a factory rebuilds those that an
+    activation follows as a pair (FRN with its TLU, EvoNorm with its nonlinearity).
+    """
+    if isinstance(norm_layer, NormFactory):
+        return norm_layer.norm_act(num_channels)
+    return norm, nn.ReLU(inplace=True)
 
 
 class BasicBlock(tv.BasicBlock):
@@ -110,8 +128,8 @@ class BasicBlock(tv.BasicBlock):
         super().__init__(
             inplanes, planes, stride, downsample, groups, base_width, dilation, norm_layer
         )
-        del self.relu  # replaced by one module per slot: they differ for TLU
-        self.act1 = _activation(norm_layer, planes)
+        del self.relu  # replaced by one module per slot: they differ for FRN and EvoNorm
+        self.bn1, self.act1 = _norm_act(norm_layer, self.bn1, planes)
         self.act_out = _activation(norm_layer, planes * self.expansion)
 
     @property
@@ -147,10 +165,10 @@ class Bottleneck(tv.Bottleneck):
         super().__init__(
             inplanes, planes, stride, downsample, groups, base_width, dilation, norm_layer
         )
-        del self.relu  # replaced by one module per slot: they differ for TLU
+        del self.relu  # replaced by one module per slot: they differ for FRN and EvoNorm
         width = self.conv1.out_channels
-        self.act1 = _activation(norm_layer, width)
-        self.act2 = _activation(norm_layer, width)
+        self.bn1, self.act1 = _norm_act(norm_layer, self.bn1, width)
+        self.bn2, self.act2 = _norm_act(norm_layer, self.bn2, width)
         self.act_out = _activation(norm_layer, planes * self.expansion)
 
     @property
@@ -213,13 +231,14 @@ def torchvision_resnet(
 
     This is what ``torchvision.models.resnet50(weights=None, norm_layer=factory)`` builds, with
     our blocks (separate activation slots) passed to torchvision's ``ResNet`` directly. The stem
-    activation keeps torchvision's attribute name ``relu`` (a TLU for FRN), and a stem conv for
-    ``in_channels`` replaces the RGB one when needed.
+    norm + activation pair keeps torchvision's names ``bn1`` and ``relu`` (Identity where the
+    norm carries its nonlinearity), and a stem conv for ``in_channels`` replaces the RGB one
+    when needed.
     """
     block, layers, _ = TORCHVISION_RESNETS[name]
     model = tv.ResNet(block, layers, num_classes=num_classes, norm_layer=factory)
     stem = model.conv1
-    model.relu = factory.activation(stem.out_channels)
+    model.bn1, model.relu = factory.norm_act(stem.out_channels)
     if in_channels != stem.in_channels:
         model.conv1 = nn.Conv2d(
             in_channels,

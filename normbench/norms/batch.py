@@ -63,7 +63,21 @@ def combine_chunks(per_chunk: torch.Tensor, chunks: int, eval_stats: str) -> tor
     return per_chunk.mean(-2) if eval_stats == "average" else per_chunk[..., 0, :]
 
 
-class BatchNorm2d(nn.BatchNorm2d):
+class PerGPUStatistics:
+    """Marks a norm whose training statistics are per GPU (and so per emulated GPU).
+
+    Such a norm has ``chunks`` (emulated GPUs in this process, set by
+    :func:`set_emulated_gpus`), ``eval_stats`` ("average" or "first": how the per-GPU running
+    statistics are combined, over emulated GPUs and over ranks) and names its running-statistics
+    buffers in ``running_stats`` (what :func:`sync_running_stats` makes agree across ranks).
+    """
+
+    chunks: int
+    eval_stats: str
+    running_stats: tuple[str, ...] = ()
+
+
+class BatchNorm2d(PerGPUStatistics, nn.BatchNorm2d):
     """``nn.BatchNorm2d`` whose training statistics are computed per emulated GPU.
 
     With ``chunks == 1`` (the default) this is exactly ``nn.BatchNorm2d``. With ``chunks = k``
@@ -72,6 +86,8 @@ class BatchNorm2d(nn.BatchNorm2d):
     sub-batch 0 (``"first"``), each sub-batch updating its own EMA from the same starting point.
     Evaluation always uses the running statistics, like BN.
     """
+
+    running_stats = ("running_mean", "running_var")
 
     def __init__(
         self,
@@ -178,33 +194,40 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 
 
 def set_emulated_gpus(model: nn.Module, chunks: int) -> None:
-    """Make every per-GPU batch norm in ``model`` compute statistics per chunk of the batch.
+    """Make every norm with per-GPU statistics in ``model`` compute them per chunk of the batch.
 
     A process holding ``chunks`` emulated GPUs receives ``chunks * b`` samples; emulated GPU j
-    gets samples j, j + chunks, ... Synchronized BN and batch-independent norms are unaffected.
+    gets samples j, j + chunks, ... Every :class:`PerGPUStatistics` norm (BN, BRN, EvoNorm-B0,
+    the whitening norms) is reached; synchronized BN and batch-independent norms are unaffected.
     """
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise ValueError(f"chunks must be a positive integer, got {chunks!r}")
     for module in model.modules():
-        if isinstance(module, BatchNorm2d):
+        if isinstance(module, PerGPUStatistics):
             module.chunks = chunks
 
 
 def sync_running_stats(model: nn.Module) -> None:
-    """Make running statistics of every batch norm in ``model`` agree across ranks.
+    """Make running statistics of every batch-dependent norm in ``model`` agree across ranks.
 
-    Layers with ``eval_stats="first"`` take rank 0's statistics (what DDP's buffer broadcast
-    gives); all others (including plain and synchronized BN) take the mean over ranks. No-op
-    without a process group. Every rank must call it (it is a collective).
+    Covers torch's batch norms and every :class:`PerGPUStatistics` norm (their
+    ``running_stats``). Layers with ``eval_stats="first"`` take rank 0's statistics (what DDP's
+    buffer broadcast gives); all others (including plain and synchronized BN) take the mean over
+    ranks. No-op without a process group. Every rank must call it (it is a collective).
     """
     if not _distributed():
         return
     average: list[torch.Tensor] = []
     first: list[torch.Tensor] = []
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-            bucket = first if getattr(module, "eval_stats", "average") == "first" else average
-            bucket += [module.running_mean, module.running_var]
+        if isinstance(module, PerGPUStatistics):
+            stats = [getattr(module, name) for name in module.running_stats]
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            stats = [module.running_mean, module.running_var]
+        else:
+            continue
+        bucket = first if getattr(module, "eval_stats", "average") == "first" else average
+        bucket += [t for t in stats if t is not None]
     world = dist.get_world_size()
     for group in _by_device_and_dtype(average):
         flat = torch.cat([t.reshape(-1) for t in group])

@@ -2,8 +2,13 @@
 
 FRN: nu2 = mean over (H, W) of x^2 per sample and channel (no mean subtraction),
 y = gamma * x / sqrt(nu2 + eps) + beta. TLU: z = max(y, tau) with a learned per-channel tau.
-FRN + TLU replaces a norm + ReLU pair; where a block adds a residual after its last norm, use
-FRN without TLU there and a standalone :class:`TLU` after the addition.
+FRN + TLU replaces a norm + ReLU pair.
+
+One meaning of ``tlu`` everywhere: FRN's nonlinearity is a TLU (true, the paper's FRN + TLU) or a
+ReLU (false, the paper's "FRN without TLU" ablation). ``act`` says where the nonlinearity goes:
+a layer with ``act=True`` (the default, and what a model trains wherever a norm + ReLU pair
+stood) applies it fused with the norm; ``act=False`` is a bare FRN, for a block's last norm
+before the residual addition, after which a model places a standalone :class:`TLU` (or ReLU).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ def _per_channel(p: torch.Tensor) -> torch.Tensor:
 
 
 class _FRN(torch.autograd.Function):
-    """FRN (+ TLU when ``tau`` is given) with a hand-written backward.
+    """FRN, with ``act`` followed by max(y, tau) (TLU) or max(y, 0) (ReLU, ``tau`` None), with a
+    hand-written backward.
 
     Autograd of the five elementwise ops costs about ten full passes over the activation per
     direction on CPU; here the forward is one norm reduction, a scale and shift and, with TLU, an
@@ -29,7 +35,7 @@ class _FRN(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, tau, eps):  # noqa: ANN001, ANN205 (autograd's signature)
+    def forward(ctx, x, weight, bias, tau, eps, act):  # noqa: ANN001, ANN205 (autograd's)
         # Squares overflow in half precision: compute in at least float32.
         acc = x if x.dtype == torch.float64 else x.float()
         flat = acc.flatten(2)
@@ -38,10 +44,12 @@ class _FRN(torch.autograd.Function):
         shift = bias if tau is None else bias - tau
         y = (acc * _per_channel(inv * weight)).add_(_per_channel(shift))
         relu_out = None
-        if tau is not None:
+        if act:
             relu_out = y.relu_()
-            y = relu_out + _per_channel(tau)
+            if tau is not None:
+                y = relu_out + _per_channel(tau)
         ctx.save_for_backward(acc, inv, weight, relu_out)
+        ctx.has_tau = tau is not None
         ctx.eps_is_tensor = torch.is_tensor(eps)
         ctx.input_dtype = x.dtype
         return y.to(x.dtype)
@@ -56,7 +64,7 @@ class _FRN(torch.autograd.Function):
         else:
             grad_shift = torch.ops.aten.threshold_backward(grad, relu_out, 0)
         grad_bias = grad_shift.sum((0, 2, 3))
-        grad_tau = None if relu_out is None else grad.sum((0, 2, 3)) - grad_bias
+        grad_tau = grad.sum((0, 2, 3)) - grad_bias if ctx.has_tau else None
         # s = sum over H, W of grad * x, per (sample, channel): every other gradient follows.
         s = (grad_shift * acc).sum((2, 3))
         grad_weight = (s * inv).sum(0)
@@ -64,7 +72,7 @@ class _FRN(torch.autograd.Function):
         grad_x = grad_shift * _per_channel(inv * weight)
         grad_x.addcmul_(acc, _per_channel(inv3_s / acc[0, 0].numel()), value=-1)
         grad_eps = (-0.5 * inv3_s).sum(0) if ctx.eps_is_tensor else None
-        return grad_x.to(ctx.input_dtype), grad_weight, grad_bias, grad_tau, grad_eps
+        return grad_x.to(ctx.input_dtype), grad_weight, grad_bias, grad_tau, grad_eps, None
 
 
 class TLU(nn.Module):
@@ -86,7 +94,8 @@ class TLU(nn.Module):
 
 
 class FilterResponseNorm2d(nn.Module):
-    """FRN with a per-channel affine, followed by a TLU unless ``tlu=False``.
+    """FRN with a per-channel affine, followed (``act``) by its nonlinearity: TLU, or ReLU
+    with ``tlu=False``.
 
     ``learned_eps`` makes eps = eps + |eps_l| with eps_l learned (initialised to 1e-4), the
     paper's remedy for 1x1 feature maps where nu2 is a single squared value.
@@ -98,21 +107,32 @@ class FilterResponseNorm2d(nn.Module):
         eps: float = 1e-6,
         learned_eps: bool = False,
         tlu: bool = True,
+        act: bool = True,
     ) -> None:
         super().__init__()
         self.num_channels = num_channels
         self.eps = eps
+        self.act = act
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.eps_l = nn.Parameter(torch.full((num_channels,), 1e-4)) if learned_eps else None
-        self.tlu = TLU(num_channels) if tlu else None
+        self.tlu = TLU(num_channels) if act and tlu else None
 
     def extra_repr(self) -> str:
-        return f"{self.num_channels}, eps={self.eps}, learned_eps={self.eps_l is not None}"
+        nonlinearity = ("tlu" if self.tlu is not None else "relu") if self.act else "none"
+        return (
+            f"{self.num_channels}, eps={self.eps}, learned_eps={self.eps_l is not None}, "
+            f"nonlinearity={nonlinearity}"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected a 4-d input (N, C, H, W), got shape {tuple(x.shape)}")
         eps = self.eps if self.eps_l is None else self.eps + self.eps_l.abs()
         tau = None if self.tlu is None else self.tlu.tau
-        return _FRN.apply(x, self.weight, self.bias, tau, eps)
+        return _FRN.apply(x, self.weight, self.bias, tau, eps, self.act)
+
+
+def frn_activation(num_channels: int, tlu: bool = True, **_: object) -> nn.Module:
+    """The activation after a residual addition in an FRN model: TLU, or ReLU with ``tlu=False``."""
+    return TLU(num_channels) if tlu else nn.ReLU(inplace=True)

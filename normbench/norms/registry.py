@@ -16,9 +16,11 @@ from torch import nn
 
 from normbench.errors import UserError
 from normbench.norms.batch import EVAL_STATS, BatchNorm2d, SyncBatchNorm2d
-from normbench.norms.frn import FilterResponseNorm2d
+from normbench.norms.evonorm import EvoNormB0, EvoNormS0
+from normbench.norms.frn import FilterResponseNorm2d, frn_activation
 from normbench.norms.group import GroupNorm, InstanceNorm2d, LayerNorm2d
 from normbench.norms.renorm import BatchRenorm2d
+from normbench.norms.whitening import DecorrelatedBatchNorm2d, IterNorm2d
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class NormSpec:
     batch_dependent: bool  # statistics mix samples: behaviour depends on the per-GPU batch
     replaces_activation: bool  # includes its own nonlinearity: the model adds no ReLU after it
     builder: Callable[..., nn.Module] = field(repr=False, compare=False)
+    # For a norm that replaces the activation: the activation after a residual addition, from
+    # (channels, **options); None = ReLU.
+    activation: Callable[..., nn.Module] | None = field(default=None, repr=False, compare=False)
 
 
 def _is_number(value: Any) -> bool:
@@ -54,6 +59,7 @@ _CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "relax_steps": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "learned_eps": ("true or false", lambda v: isinstance(v, bool)),
     "tlu": ("true or false", lambda v: isinstance(v, bool)),
+    "iterations": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
 }
 
 _BN_OPTIONS = {
@@ -68,29 +74,82 @@ def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
-def _build_gn(
-    num_channels: int, groups: int | None = None, group_size: int | None = None, eps: float = 1e-5
-) -> nn.Module:
-    """GN from either the number of groups or the channels per group (default 32 groups)."""
+def _groups_from(
+    name: str, num_channels: int, groups: int | None, group_size: int | None, default: int
+) -> int:
+    """The number of groups from either ``groups`` or ``group_size`` (channels per group)."""
     if groups is not None and group_size is not None:
         raise UserError(
-            f"gn: groups={groups} and group_size={group_size} both set (allowed: one of them)"
+            f"{name}: groups={groups} and group_size={group_size} both set (allowed: one of them)"
         )
     if group_size is not None:
         if num_channels % group_size:
             raise UserError(
-                f"gn: group_size={group_size} does not divide {num_channels} channels "
+                f"{name}: group_size={group_size} does not divide {num_channels} channels "
                 f"(allowed: {_divisors(num_channels)})"
             )
-        groups = num_channels // group_size
-    groups = 32 if groups is None else groups
+        return num_channels // group_size
+    groups = default if groups is None else groups
     if num_channels % groups:
         raise UserError(
-            f"gn: groups={groups} does not divide {num_channels} channels "
+            f"{name}: groups={groups} does not divide {num_channels} channels "
             f"(allowed: {_divisors(num_channels)}; or set group_size)"
         )
+    return groups
+
+
+def _build_gn(
+    num_channels: int, groups: int | None = None, group_size: int | None = None, eps: float = 1e-5
+) -> nn.Module:
+    """GN from either the number of groups or the channels per group (default 32 groups)."""
+    groups = _groups_from("gn", num_channels, groups, group_size, default=32)
     return GroupNorm(num_channels, num_groups=groups, eps=eps)
 
+
+def _build_evonorm_s0(
+    num_channels: int,
+    groups: int | None = None,
+    group_size: int | None = None,
+    eps: float = 1e-5,
+    act: bool = True,
+) -> nn.Module:
+    """EvoNorm-S0 with GN's grouping options (default 32 groups)."""
+    groups = _groups_from("evonorm_s0", num_channels, groups, group_size, default=32)
+    return EvoNormS0(num_channels, groups=groups, eps=eps, act=act)
+
+
+# 16 channels per whitening group divides every width of the CPU ResNets (16, 32, 64, ...) and
+# keeps the per-group matrices small; the IterNorm paper used 64 on ImageNet.
+WHITENING_GROUP_SIZE = 16
+
+
+def _whitening_builder(name: str, cls: type[nn.Module]) -> Callable[..., nn.Module]:
+    """A builder that names the widths ``group_size`` may take when it does not divide C."""
+
+    def build(
+        num_channels: int, group_size: int = WHITENING_GROUP_SIZE, **options: Any
+    ) -> nn.Module:
+        if num_channels % group_size:
+            raise UserError(
+                f"{name}: group_size={group_size} does not divide {num_channels} channels "
+                f"(allowed: {_divisors(num_channels)})"
+            )
+        return cls(num_channels, group_size=group_size, **options)
+
+    return build
+
+
+_GROUP_OPTIONS = {  # GN's and EvoNorm-S0's: statistics per group of C/G channels
+    "groups": "number of groups G (default 32; exclusive with group_size)",
+    "group_size": "channels per group, C/G (exclusive with groups)",
+    "eps": "added to the variance (default 1e-5)",
+}
+_WHITENING_OPTIONS = {
+    "group_size": f"channels per whitening group (default {WHITENING_GROUP_SIZE})",
+    "eps": "added to the covariance's diagonal (default 1e-5)",
+    "momentum": "running mean and whitening-matrix EMA factor (default 0.1)",
+    "eval_stats": _BN_OPTIONS["eval_stats"],
+}
 
 _SPECS = {
     spec.name: spec
@@ -131,11 +190,7 @@ _SPECS = {
         NormSpec(
             name="gn",
             description="Group Norm (Wu & He 2018): per sample over (C/G, H, W) of each group",
-            options={
-                "groups": "number of groups G (default 32; exclusive with group_size)",
-                "group_size": "channels per group, C/G (exclusive with groups)",
-                "eps": "added to the variance (default 1e-5)",
-            },
+            options=dict(_GROUP_OPTIONS),
             batch_dependent=False,
             replaces_activation=False,
             builder=_build_gn,
@@ -164,12 +219,56 @@ _SPECS = {
                 "eps": "added to the mean square (default 1e-6)",
                 "learned_eps": "eps = eps + |eps_l|, eps_l learned per channel, init 1e-4 "
                 "(for 1x1 feature maps) (default false)",
-                "tlu": "apply the TLU max(y, tau); false for an FRN before a residual "
-                "addition, followed by a TLU module (default true)",
+                "tlu": "FRN's nonlinearity: the TLU max(y, tau) (true) or ReLU (false, the "
+                "paper's 'FRN without TLU') (default true)",
             },
             batch_dependent=False,
             replaces_activation=True,
             builder=FilterResponseNorm2d,
+            activation=frn_activation,
+        ),
+        NormSpec(
+            name="evonorm_b0",
+            description="EvoNorm-B0 (Liu et al. 2020): x / max(sqrt(batch var + eps), "
+            "v x + instance std), affine; replaces the ReLU (per-GPU batch variance)",
+            options={
+                "eps": "added to the variances (default 1e-5)",
+                "momentum": "running-variance EMA factor (default 0.1)",
+                "eval_stats": _BN_OPTIONS["eval_stats"],
+            },
+            batch_dependent=True,
+            replaces_activation=True,
+            builder=EvoNormB0,
+        ),
+        NormSpec(
+            name="evonorm_s0",
+            description="EvoNorm-S0 (Liu et al. 2020): x sigmoid(v x) / group std, affine; "
+            "replaces the ReLU (no batch statistics)",
+            options=dict(_GROUP_OPTIONS),
+            batch_dependent=False,
+            replaces_activation=True,
+            builder=_build_evonorm_s0,
+        ),
+        NormSpec(
+            name="dbn",
+            description="Decorrelated BN (Huang et al. 2018): ZCA whitening of channel groups "
+            "over each GPU's batch (eigendecomposition, float64)",
+            options=dict(_WHITENING_OPTIONS),
+            batch_dependent=True,
+            replaces_activation=False,
+            builder=_whitening_builder("dbn", DecorrelatedBatchNorm2d),
+        ),
+        NormSpec(
+            name="iternorm",
+            description="Iterative Normalization (Huang et al. 2019): whitening of channel "
+            "groups over each GPU's batch by Newton's iterations",
+            options={
+                **_WHITENING_OPTIONS,
+                "iterations": "Newton iterations T (default 5)",
+            },
+            batch_dependent=True,
+            replaces_activation=False,
+            builder=_whitening_builder("iternorm", IterNorm2d),
         ),
     ]
 }
@@ -188,8 +287,13 @@ def get_norm_spec(name: str) -> NormSpec:
     return spec
 
 
-def build_norm(name: str, num_channels: int, **options: Any) -> nn.Module:
-    """Build norm ``name`` for ``num_channels`` channels; options set to None take defaults."""
+def build_norm(name: str, num_channels: int, *, act: bool = True, **options: Any) -> nn.Module:
+    """Build norm ``name`` for ``num_channels`` channels; options set to None take defaults.
+
+    ``act`` concerns only norms that replace the activation: True builds the layer with its
+    nonlinearity (where a norm + ReLU pair stood), False without it (before a residual
+    addition). Other norms never include an activation and ignore it.
+    """
     spec = get_norm_spec(name)
     if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
         raise ValueError(f"num_channels must be a positive integer, got {num_channels!r}")
@@ -202,4 +306,6 @@ def build_norm(name: str, num_channels: int, **options: Any) -> nn.Module:
         allowed, check = _CHECKS[key]
         if not check(value):
             raise UserError(f"{name}: {key}={value!r} is invalid (allowed: {allowed})")
+    if spec.replaces_activation:
+        given["act"] = act
     return spec.builder(num_channels, **given)

@@ -1,0 +1,182 @@
+"""Whitening norms: Decorrelated BN (Huang et al., CVPR 2018, arXiv:1804.08450) and Iterative
+Normalization (Huang et al., CVPR 2019, arXiv:1904.03441), the survey's whitening branch.
+
+Both split the C channels into groups of ``group_size`` channels and whiten each group over the
+batch: for a group's centred data Xc (group_size x m, m = N * H * W samples of one GPU's batch),
+
+    Sigma = Xc Xc^T / m + eps I,        x_hat = Sigma^(-1/2) Xc,        y = gamma * x_hat + beta
+
+(per-channel gamma, beta), so the output of each group has identity covariance, not just unit
+variances as in BN. They differ in how Sigma^(-1/2) is computed:
+
+- DBN, ZCA whitening by eigendecomposition: Sigma = D Lambda D^T, Sigma^(-1/2) = D Lambda^(-1/2)
+  D^T. The eigendecomposition runs in float64 (group_size x group_size matrices: cheap).
+- IterNorm, Newton's iterations (T = ``iterations``): Sigma_N = Sigma / tr(Sigma), P_0 = I,
+  P_k = 1.5 P_(k-1) - 0.5 P_(k-1)^3 Sigma_N, Sigma^(-1/2) ~ P_T / sqrt(tr(Sigma)). Stopping
+  early whitens the directions of large eigenvalues fully and the small ones only partly,
+  which the IterNorm paper argues is a feature at small batch.
+
+Evaluation uses running statistics, as the authors' code does: a moving average of the mean
+(per channel) and of the whitening matrix Sigma^(-1/2) (per group), updated with ``momentum``.
+Per-GPU statistics, and emulated GPUs: a batch folded to (N / k, k * C, H, W) (see
+:func:`~normbench.norms.batch.fold_chunks`) has the k emulated GPUs' channel groups as its own
+groups, so one whitening of the folded batch is k independent per-GPU whitenings.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from normbench.norms.batch import EVAL_STATS, PerGPUStatistics, fold_chunks, unfold_chunks
+
+
+class _InverseSqrtSym(torch.autograd.Function):
+    """Sigma^(-1/2) of symmetric positive-definite matrices (..., g, g), by eigendecomposition.
+
+    Backward by the Daleckii-Krein formula for a matrix function f(Sigma) = D f(Lambda) D^T:
+    dL/dSigma = D (K o (D^T sym(G) D)) D^T with K_ij = (f(l_i) - f(l_j)) / (l_i - l_j), and
+    K_ii = f'(l_i). For f(l) = l^(-1/2), K_ij = -1 / (s_i s_j (s_i + s_j)) with s = sqrt(l)
+    for every i, j, equal eigenvalues included: unlike autograd through ``eigh``, whose
+    eigenvector gradient divides by l_i - l_j, this never blows up on close eigenvalues.
+    """
+
+    @staticmethod
+    def forward(ctx, sigma):  # noqa: ANN001, ANN205 (autograd's signature)
+        # float64: eigendecompositions of near-singular float32 matrices lose several digits.
+        eigvals, vectors = torch.linalg.eigh(sigma.double())
+        s = eigvals.clamp_min(torch.finfo(torch.float64).tiny).sqrt()
+        ctx.save_for_backward(vectors, s)
+        ctx.input_dtype = sigma.dtype
+        return ((vectors / s.unsqueeze(-2)) @ vectors.mT).to(sigma.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        vectors, s = ctx.saved_tensors
+        grad = grad.double()
+        inner = vectors.mT @ ((grad + grad.mT) / 2) @ vectors
+        s_i, s_j = s.unsqueeze(-1), s.unsqueeze(-2)
+        kernel = -1 / (s_i * s_j * (s_i + s_j))
+        return (vectors @ (kernel * inner) @ vectors.mT).to(ctx.input_dtype)
+
+
+def inverse_sqrt_eigh(sigma: torch.Tensor) -> torch.Tensor:
+    """Sigma^(-1/2) (ZCA) of a batch of SPD matrices, with a stable backward."""
+    return _InverseSqrtSym.apply(sigma)
+
+
+def inverse_sqrt_newton(sigma: torch.Tensor, iterations: int) -> torch.Tensor:
+    """IterNorm's approximation P_T / sqrt(tr(Sigma)) of Sigma^(-1/2), differentiable."""
+    trace = sigma.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
+    sigma_n = sigma / trace
+    p = torch.eye(sigma.shape[-1], dtype=sigma.dtype, device=sigma.device).expand_as(sigma)
+    for _ in range(iterations):
+        p = torch.baddbmm(p, torch.linalg.matrix_power(p, 3), sigma_n, beta=1.5, alpha=-0.5)
+    return p / trace.sqrt()
+
+
+class _GroupWhitening(PerGPUStatistics, nn.Module):
+    """Group-wise whitening over each GPU's batch; subclasses compute Sigma^(-1/2)."""
+
+    running_stats = ("running_mean", "running_wm")
+
+    def __init__(
+        self,
+        num_channels: int,
+        group_size: int = 16,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        eval_stats: str = "average",
+    ) -> None:
+        super().__init__()
+        if num_channels % group_size:
+            raise ValueError(f"group_size={group_size} does not divide {num_channels} channels")
+        if eval_stats not in EVAL_STATS:
+            raise ValueError(f"eval_stats must be one of {EVAL_STATS}, got {eval_stats!r}")
+        self.num_channels = num_channels
+        self.group_size = group_size
+        self.eps = eps
+        self.momentum = momentum
+        self.eval_stats = eval_stats
+        self.chunks = 1
+        groups = num_channels // group_size
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.register_buffer("running_mean", torch.zeros(num_channels))
+        self.register_buffer("running_wm", torch.eye(group_size).repeat(groups, 1, 1))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_channels}, group_size={self.group_size}, eps={self.eps}, "
+            f"momentum={self.momentum}, eval_stats={self.eval_stats}, chunks={self.chunks}"
+        )
+
+    def whitening_matrix(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Sigma^(-1/2) for a batch of covariance matrices (..., g, g)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.chunks if self.training else 1
+        folded = fold_chunks(x, k)
+        acc = folded if folded.dtype == torch.float64 else folded.float()
+        n, c, h, w = acc.shape
+        g = self.group_size
+        groups = acc.view(n, c // g, g, h * w)  # (N, groups of every emulated GPU, g, H * W)
+        if self.training:
+            mean = acc.mean((0, 2, 3))
+            centred = groups - mean.view(c // g, g, 1)
+            # Sum over samples of per-sample Xc Xc^T: batched matmuls on the (N, C, H, W)
+            # layout, no transposed copy of the activation.
+            sigma = (centred @ centred.mT).sum(0) / (n * h * w)
+            sigma = sigma + self.eps * torch.eye(g, dtype=sigma.dtype, device=sigma.device)
+            wm = self.whitening_matrix(sigma)
+            self._update_running(mean.detach(), wm.detach(), k)
+        else:
+            centred = groups - self.running_mean.to(acc.dtype).view(c // g, g, 1)
+            wm = self.running_wm.to(acc.dtype)
+        # gamma folded into the whitening matrix: one matmul gives gamma * Sigma^(-1/2) Xc.
+        weight, bias = self.weight.repeat(k), self.bias.repeat(k)
+        scaled = weight.view(c // g, g, 1).to(acc.dtype) * wm
+        y = (scaled @ centred).add_(bias.view(c // g, g, 1).to(acc.dtype))
+        return unfold_chunks(y.view(n, c, h, w).to(x.dtype), x)
+
+    @torch.no_grad()
+    def _update_running(self, mean: torch.Tensor, wm: torch.Tensor, chunks: int) -> None:
+        """Each emulated GPU updates its own copy from the shared statistics; keep the mean of
+        the k copies ("average") or GPU 0's ("first"), as BatchNorm2d does."""
+        m = self.momentum
+        per_gpu_mean = (1 - m) * self.running_mean + m * mean.view(chunks, -1)
+        per_gpu_wm = (1 - m) * self.running_wm + m * wm.view(chunks, *self.running_wm.shape)
+        pick = (lambda t: t.mean(0)) if self.eval_stats == "average" else (lambda t: t[0])
+        self.running_mean.copy_(pick(per_gpu_mean))
+        self.running_wm.copy_(pick(per_gpu_wm))
+
+
+class DecorrelatedBatchNorm2d(_GroupWhitening):
+    """DBN: ZCA whitening of each group of channels by eigendecomposition (float64)."""
+
+    def whitening_matrix(self, sigma: torch.Tensor) -> torch.Tensor:
+        return inverse_sqrt_eigh(sigma)
+
+
+class IterNorm2d(_GroupWhitening):
+    """IterNorm: whitening of each group of channels by ``iterations`` Newton steps."""
+
+    def __init__(
+        self,
+        num_channels: int,
+        group_size: int = 16,
+        iterations: int = 5,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        eval_stats: str = "average",
+    ) -> None:
+        super().__init__(num_channels, group_size, eps, momentum, eval_stats)
+        self.iterations = iterations
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, iterations={self.iterations}"
+
+    def whitening_matrix(self, sigma: torch.Tensor) -> torch.Tensor:
+        return inverse_sqrt_newton(sigma, self.iterations)
