@@ -12,7 +12,7 @@ NB := $(BIN)/normbench
 EXPERIMENT ?= mini
 ARGS ?=
 
-.PHONY: help setup demo test lint table-batch table-norms ablation-groups fashion results bench report clean
+.PHONY: help setup demo test lint table-batch table-norms table-zoo ablation-groups fashion results bench report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ table-batch: setup ## Table 2 / Figure 1: BN vs GN over 32,16,8,4,2 images per G
 
 table-norms: setup ## Table 1: BN, LN, IN, GN at 32 images per GPU
 	$(NB) sweep experiment=$(EXPERIMENT)-norms $(ARGS)
+
+table-zoo: setup ## every norm (bn .. evonorm, iternorm, dbn) at 32, 8, 2 images per GPU: heatmap + plot (mini only)
+	$(NB) sweep experiment=mini-zoo $(ARGS)
 
 ablation-groups: setup ## Table 3: GN with G = 64..1 groups, then 64..1 channels per group
 	$(NB) sweep experiment=$(EXPERIMENT)-groups $(ARGS)

@@ -4,7 +4,8 @@
     print(format_report(report))
 
 Writes report.md, cells.csv, per layout <key>_ours.csv / <key>_paper.csv / <key>_delta.csv,
-error_vs_<key>.png, and curves/<cell>.png. Run directories are only read; every output file is
+error_vs_<key>.png, curves/<cell>.png, and for a sweep of many norms over batch sizes the zoo
+figures of :mod:`normbench.report.zoo`. Run directories are only read; every output file is
 written to a temporary name and renamed into place, so a crash never leaves half a file.
 """
 
@@ -30,6 +31,7 @@ from normbench.report.tables import (
     format_number_frame,
     markdown_table,
 )
+from normbench.report.zoo import zoo_figures, zoo_markdown
 from normbench.track.rundir import atomic_write_bytes
 
 __all__ = [
@@ -241,6 +243,8 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None, metric: str | Non
             png = figure_png(plot_sweep(table, METRICS[metric]))
             paths.append(write_atomic(out_dir / name, png))
             images[table.key] = name
+    zoo = zoo_figures(tables, METRICS[metric])  # empty unless the sweep is a norm zoo
+    paths += [write_atomic(out_dir / name, png) for name, (_, png) in zoo.items()]
     curves: dict[str, str] = {}
     for row in cells.itertuples():
         history = read_history(Path(row.path))
@@ -260,6 +264,6 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None, metric: str | Non
         commands=_commands(cells),
         paths=paths,
     )
-    markdown = render_markdown(report, images, curves)
+    markdown = render_markdown(report, images, curves) + zoo_markdown(zoo)
     report.paths.append(write_atomic(out_dir / "report.md", markdown.encode()))
     return report
