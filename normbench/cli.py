@@ -53,32 +53,30 @@ def _cmd_train(args: list[str]) -> int:
 
 
 def _cmd_sweep(args: list[str]) -> int:
-    from normbench.config import as_config, validate
-    from normbench.hydra_app import compose, expand_sweep, multirun, sweep_dir
-    from normbench.job import cell_dir, check_reusable
+    from normbench import sweep
+    from normbench.hydra_app import expand_sweep, multirun
+    from normbench.logs import SWEEP_KEYS_ENV
     from normbench.report import build_report, format_report
     from normbench.track import rundir
 
-    cells = expand_sweep(args)
-    # Every cell is checked before any runs: a bad value fails now, naming its cell.
-    for overrides in cells:
-        cfg = compose(overrides)
-        config = as_config(cfg)
-        try:
-            validate(config)
-            check_reusable(cell_dir(config, overrides), config)
-        except UserError as e:
-            name = rundir.cell_name(overrides, config.norm.name, config.batch)
-            raise UserError(f"cell {name}: {e}") from None
-    rundir.ensure_writable(sweep_dir(cfg))  # before Hydra, whose own error is a traceback
-    print(f"sweep: {len(cells)} cells into {sweep_dir(cfg)}", flush=True)
-    multirun(args, total=len(cells))
-    report = build_report(sweep_dir(cfg), metric=config.metric)
-    print(format_report(report))
-    if config.logger.kind == "wandb":
-        _log_report_to_wandb(report, config)
-    failed = (report.cells["status"] == "failed").sum()
-    return 1 if failed else 0
+    planned = sweep.plan(expand_sweep(args))
+    folders = sweep.folders(planned)  # one per experiment: model=a,b sweeps two
+    for folder in folders:
+        rundir.ensure_writable(folder)  # before Hydra, whose own error is a traceback
+    print(f"sweep: {len(planned)} cells into {', '.join(map(str, folders))}", flush=True)
+    os.environ[SWEEP_KEYS_ENV] = ",".join(sweep.swept_keys(planned))  # the cells' line labels
+    with sweep.Watch(planned) as watch:
+        multirun(sweep.costliest_first(planned) or args, total=len(planned))
+    written = []
+    for folder in folders:
+        config = next(c.config for c in planned if c.run_dir.parent == folder)
+        report = build_report(folder, metric=config.metric)
+        print(format_report(report))
+        if config.logger.kind == "wandb":
+            _log_report_to_wandb(report, config)
+        written += [p for p in report.paths if p.name == "report.md"]
+    print("\n".join(watch.summary(written)))
+    return 1 if "failed" in watch.states() else 0
 
 
 def _log_report_to_wandb(report, config) -> None:

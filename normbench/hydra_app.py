@@ -26,10 +26,10 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from normbench.config import as_config, parallel_cells, register_configs
 from normbench.errors import UserError
-from normbench.track.rundir import cell_name, split_override_dirname
+from normbench.logs import SWEEP_ENV
+from normbench.track.rundir import cell_name, cell_overrides, split_override_dirname
 
 CONFIG_MODULE = "normbench.configs"
-SWEEP_TOTAL_ENV = "NORMBENCH_SWEEP_TOTAL"
 
 
 def _register() -> None:
@@ -107,21 +107,20 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
 def _hydra_job(cfg: DictConfig) -> str:
     from normbench.job import run_cell
-    from normbench.logs import setup_logging
+    from normbench.logs import CELL_LABEL_ENV, cell_label, setup_logging
 
-    setup_logging()
-    num = HydraConfig.get().job.num
-    total = os.environ.get(SWEEP_TOTAL_ENV, "?")
     overrides = list(HydraConfig.get().overrides.task)
-    norm, batch = cfg.norm.name, cfg.batch
-    print(f"[cell {num + 1}/{total}] {cell_name(overrides, norm, batch)}", flush=True)
+    label = cell_label(cell_overrides(overrides, cfg.norm.name, cfg.batch))
+    os.environ[CELL_LABEL_ENV] = label  # for this cell's workers: cells share a console
+    log = setup_logging(cell=label)
+    log.info("cell %d/%s", HydraConfig.get().job.num + 1, os.environ.get(SWEEP_ENV, "?"))
     return run_cell(cfg, overrides)
 
 
 def multirun(overrides: list[str], total: int) -> None:
     """Run every cell through Hydra's multirun and its configured launcher."""
     _register()
-    os.environ[SWEEP_TOTAL_ENV] = str(total)
+    os.environ[SWEEP_ENV] = str(total)  # launchers pass it on: the cells' lines name them
     argv = sys.argv
     sys.argv = [argv[0], "--multirun", *overrides]
     try:

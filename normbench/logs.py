@@ -1,15 +1,49 @@
-"""Rank-aware logging: rank 0 logs to the console and to the cell's train.log, others only warn."""
+"""Rank-aware logging: rank 0 logs to the console and to the cell's train.log, others only warn.
+
+In a sweep, cells run side by side and share one console, so every console line of a cell starts
+with its name (``[batch=4,norm=gn] epoch 3/10 ...``); train.log is the cell's own and needs none.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(message)s"
+# Set by `normbench sweep` for its cells, which launchers start with the parent's environment:
+# the number of cells, and the keys the sweep varies (what tells its cells apart).
+SWEEP_ENV = "NORMBENCH_SWEEP_TOTAL"
+SWEEP_KEYS_ENV = "NORMBENCH_SWEEP_KEYS"
+# Set by a sweep's job for the workers it starts: the label their console lines start with.
+CELL_LABEL_ENV = "NORMBENCH_CELL_LABEL"
 
 
-def setup_logging(log_file: Path | None = None, *, rank: int = 0) -> logging.Logger:
+def in_sweep() -> bool:
+    """Whether this process runs a cell of a sweep (other cells may share its console)."""
+    return SWEEP_ENV in os.environ
+
+
+def sweep_cell_label() -> str | None:
+    """The label of the sweep cell this worker trains (None outside a sweep)."""
+    return os.environ.get(CELL_LABEL_ENV)
+
+
+def cell_label(cell: dict[str, str]) -> str:
+    """A cell's console label: its values of the keys the sweep varies (``batch=4,norm=gn``);
+    its full name where the sweep varies none of them."""
+    swept = set(filter(None, os.environ.get(SWEEP_KEYS_ENV, "").split(",")))
+    pairs = [f"{k}={v}" for k, v in cell.items() if k in swept] or [
+        f"{k}={v}" for k, v in cell.items()
+    ]
+    return ",".join(pairs)
+
+
+def setup_logging(
+    log_file: Path | None = None, *, rank: int = 0, cell: str | None = None
+) -> logging.Logger:
+    """Log to the console (prefixed with `cell` and the rank when given) and to `log_file`."""
     logger = logging.getLogger("normbench")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
@@ -17,9 +51,8 @@ def setup_logging(log_file: Path | None = None, *, rank: int = 0) -> logging.Log
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     logger.propagate = False
     console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(
-        logging.Formatter("%(message)s" if rank == 0 else f"[rank {rank}] %(message)s")
-    )
+    tags = " ".join(tag for tag in (cell, f"rank {rank}" if rank else None) if tag)
+    console.setFormatter(logging.Formatter(f"[{tags}] %(message)s" if tags else "%(message)s"))
     logger.addHandler(console)
     if log_file is not None:
         file_handler = logging.FileHandler(log_file)
@@ -32,11 +65,12 @@ class EpochProgress:
     """A progress bar over the steps of one epoch, on rank 0 in a terminal only.
 
     Updated at log intervals (where the loop synchronises anyway), never per step; in logs and
-    CI (no terminal) the per-epoch lines are the progress.
+    CI (no terminal) the per-epoch lines are the progress. Cells of a sweep show none: several
+    bars on one terminal overwrite each other, and the sweep shows its own progress.
     """
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stdout.isatty()
+        self.enabled = enabled and sys.stdout.isatty() and not in_sweep()
         self._bar = None
 
     def start(self, epoch: int, epochs: int, total: int, done: int) -> None:

@@ -4,6 +4,7 @@ reruns that keep the old result, the launchers, and the experiments' grids."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def test_a_two_cell_sweep_writes_one_directory_per_cell_and_a_report(swept):
     cells = _cells(sweep_dir)
     assert sorted(m["norm"] for m in cells.values()) == ["bn", "gn"]
     assert all(m["status"] == "finished" and m["total_batch"] == 16 for m in cells.values())
-    assert "[cell 1/2]" in first.stdout and "[cell 2/2]" in first.stdout
+    assert "] cell 1/2" in first.stdout and "] cell 2/2" in first.stdout
     report = sweep_dir / "report"
     assert (report / "report.md").stat().st_size > 0 and (report / "cells.csv").exists()
     table = (report / "report.md").read_text()
@@ -85,6 +86,46 @@ def test_a_finished_cell_is_never_reused_for_another_config(swept):
     # Settings that do not change what a cell computes still reuse it.
     quiet = run_cli([*args, "log_every_steps=7", "cpu_threads=2"], cwd=root)
     assert quiet.returncode == 0 and quiet.stdout.count("skip ") == 2, quiet.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_over_two_experiments_reports_both_and_names_every_line(tmp_path, tiny):
+    tiny = [o for o in tiny if not o.startswith(("model=", "batch="))]
+    args = ["sweep", *tiny, "epochs=1", "model=resnet8,resnet14", "batch=8,4"]
+    result = run_cli([*args, f"out_dir={tmp_path / 'runs'}"], cwd=tmp_path)  # a pipe, not a tty
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for model in ("resnet8", "resnet14"):  # each experiment folder gets its own report
+        report = tmp_path / "runs" / f"synthetic-{model}" / "report" / "report.md"
+        assert report.is_file(), out
+        assert f"report: {report}" in out
+    assert "4 cells, 4 finished, 0 skipped (a result already there), 0 failed, 0 diverged" in out
+
+    assert len(list((tmp_path / "runs").glob("*/*/metrics.json"))) == 4
+    # Parallel cells interleave: each line says whose it is, by the values the sweep varies.
+    labels = {f"batch={b},model={m}" for b in (8, 4) for m in ("resnet8", "resnet14")}
+    cell_lines = out[: out.index("normbench report:")].splitlines()[1:]  # after "sweep: ..."
+    for line in cell_lines:
+        assert line.startswith("[sweep] ") or line[1:].split("] ")[0] in labels, line
+    assert any(line.startswith("[") and "epoch 1/1" in line for line in cell_lines)
+    assert any(line.startswith("[sweep] ") and "/4 cells done" in line for line in cell_lines)
+    # The slowest cells (4 images per GPU: twice the steps) start first.
+    started = [line[1:].split("] ")[0] for line in cell_lines if re.search(r"] cell \d/4$", line)]
+    assert len(started) == 4 and all("batch=4" in n for n in started[:2]), started
+
+
+def test_a_sweep_hands_hydra_its_costliest_cells_first():
+    from normbench.sweep import costliest_first, plan
+
+    planned = plan(expand_sweep(["experiment=mini-batch", "logger=none"]))
+    overrides = costliest_first(planned)
+    assert overrides[:3] == ["hydra.sweeper.params=null", "batch=2,4,8,16,32", "norm=bn,gn"]
+    # The same cells as the experiment's grid, only in another order.
+    assert sorted(map(sorted, expand_sweep(overrides[1:]))) == sorted(
+        sorted(c.overrides) for c in planned
+    )
+    lists = plan(expand_sweep(["logger=none", "batch=4,2", "optim.milestones=[0.5],[0.3,0.6]"]))
+    assert costliest_first(lists) is None  # values Hydra would parse: the grid as typed
 
 
 @pytest.mark.slow

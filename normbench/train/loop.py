@@ -408,14 +408,15 @@ def _finite_or_none(value: float) -> float | None:
 
 def run_worker(run_dir: str | Path) -> None:
     """Entry point of every worker process (torchrun, srun, or in-process): train one cell."""
-    from normbench.logs import setup_logging
+    from normbench.logs import setup_logging, sweep_cell_label
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
     env = init_process(cfg)
     if env.device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
-    setup_logging(run_dir / rundir.LOG if env.is_main else None, rank=env.rank)
+    cell = sweep_cell_label()  # in a sweep: its other cells share the console
+    setup_logging(run_dir / rundir.LOG if env.is_main else None, rank=env.rank, cell=cell)
     started = time.time()
     tracker = None
     outcome: dict[str, Any] = {"status": "failed", "error": None, "diverged_at_step": None}

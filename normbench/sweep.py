@@ -1,0 +1,222 @@
+"""A sweep as the person who started it sees it: which cells, in which order, how far along, and
+what came of each.
+
+The parent process plans the sweep (every cell composed, checked and costed before any runs),
+hands Hydra the grid with the costliest cells first, watches the cells' run directories while
+the launcher runs them, and ends with one summary. Cells write only their own run directories,
+so everything here is read from disk and works alike for every launcher.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from normbench.config import Config, as_config, validate
+from normbench.errors import UserError
+from normbench.track import rundir
+
+# A CPU spends per image a fixed time plus a share of a per-chunk time (each chunk of `batch`
+# images pays its own norm statistics and kernel launches): in results/synthetic-batch a cell
+# trained 1080 images/s at 32 images per GPU and 437 at 2, so a chunk costs about 3.5 images.
+CHUNK_COST_IMAGES = 3.5
+FULL_DATASET = 50_000  # train_size=None (the whole dataset) in the estimate
+# Values Hydra's sweep syntax would split or parse: such a grid is handed over as it was typed.
+_NOT_PLAIN = re.compile(r"[,\[\]{}()'\"\\\s]")
+PROGRESS_EVERY_S = 60.0  # a progress line at least this often, besides one per finished cell
+
+
+def estimated_cost(cfg: Config) -> float:
+    """A cell's training time in arbitrary units: only ratios between cells of a sweep matter."""
+    images = cfg.epochs * (cfg.dataset.train_size or FULL_DATASET)
+    return images * (1 + CHUNK_COST_IMAGES / cfg.batch)
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    overrides: list[str]  # one "key=value" per axis of the grid, in the grid's order
+    run_dir: Path
+    config: Config
+    cost: float
+    done_before: str | None  # "finished" or "diverged": a result the sweep skips
+
+
+def plan(cells: list[list[str]]) -> list[PlannedCell]:
+    """Compose and check every cell before any runs: a bad value fails now, naming its cell."""
+    from normbench.hydra_app import compose
+    from normbench.job import cell_dir, check_reusable
+
+    planned = []
+    for overrides in cells:
+        config = as_config(compose(overrides))
+        run_dir = cell_dir(config, overrides)
+        try:
+            validate(config)
+            check_reusable(run_dir, config)
+        except UserError as e:
+            raise UserError(f"cell {run_dir.name}: {e}") from None
+        done = None if config.rerun else rundir.finished_status(run_dir)
+        planned.append(PlannedCell(overrides, run_dir, config, estimated_cost(config), done))
+    return planned
+
+
+def folders(planned: list[PlannedCell]) -> list[Path]:
+    """The experiment folders of a sweep (runs/<experiment>/), in the order cells name them."""
+    return list(dict.fromkeys(cell.run_dir.parent for cell in planned))
+
+
+def swept_keys(planned: list[PlannedCell]) -> list[str]:
+    """The keys whose value differs between cells, as their directories name them."""
+    names = [
+        rundir.cell_overrides(c.overrides, c.config.norm.name, c.config.batch) for c in planned
+    ]
+    keys = dict.fromkeys(key for name in names for key in name)
+    return [key for key in keys if len({name.get(key) for name in names}) > 1]
+
+
+def costliest_first(planned: list[PlannedCell]) -> list[str] | None:
+    """Overrides for Hydra's sweeper that run the same cells, the slowest first.
+
+    Hydra launches the grid's product in order, outer axis first, so the axis whose values
+    differ most in cost goes outermost and each axis lists its costliest value first (exact
+    when one axis sets the cost, e.g. batch; the slowest first in general). The experiment's
+    own grid is part of ``planned``, so Hydra is told to ignore it (params=null). None when a
+    value holds characters Hydra's sweep syntax would read (lists, quotes): keep that grid as
+    typed.
+    """
+    axes: list[dict[str, list[float]]] = []  # per axis: value -> costs of its cells
+    for i in range(len(planned[0].overrides)):
+        axis: dict[str, list[float]] = {}
+        for cell in planned:
+            axis.setdefault(cell.overrides[i], []).append(cell.cost)
+        axes.append(axis)
+    if len(planned) != math.prod(len(axis) for axis in axes):
+        return None  # a value typed twice: the product would run other cells
+    lines: list[tuple[float, str]] = []
+    for axis in axes:
+        mean = {item: sum(costs) / len(costs) for item, costs in axis.items()}
+        items = sorted(mean, key=mean.__getitem__, reverse=True)
+        if len(items) == 1:
+            lines.append((1.0, items[0]))  # typed as is: a fixed override
+            continue
+        key = items[0].split("=", 1)[0]
+        values = [item.split("=", 1)[1] for item in items]
+        if any(_NOT_PLAIN.search(v) for v in values):
+            return None
+        lines.append((max(mean.values()) / min(mean.values()), f"{key}={','.join(values)}"))
+    lines.sort(key=lambda spread_line: spread_line[0], reverse=True)
+    return ["hydra.sweeper.params=null", *(line for _, line in lines)]
+
+
+def cell_state(cell: PlannedCell, since: float) -> str:
+    """finished, diverged or failed (in this sweep), skipped (a result before it), or unfinished
+    (running, not started, or left to another process that holds the cell)."""
+    if cell.done_before:
+        return "skipped"
+    path = cell.run_dir / rundir.METRICS
+    try:
+        if path.stat().st_mtime < since:  # a failure recorded by an earlier run: retried now
+            return "unfinished"
+    except FileNotFoundError:
+        return "unfinished"
+    status = (rundir.read_json(path) or {}).get("status")
+    return status if status in ("finished", "diverged", "failed") else "unfinished"
+
+
+def _epochs_done(run_dir: Path) -> int:
+    try:
+        with open(run_dir / rundir.HISTORY) as f:
+            return max(sum(1 for _ in f) - 1, 0)  # less the header
+    except FileNotFoundError:
+        return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Watch:
+    """While the launcher runs the cells: a line ``[sweep] 3/10 cells done, about 4.2 min left``
+    each time a cell ends and at least every PROGRESS_EVERY_S, from the run directories.
+
+    The estimate weighs each cell's epochs done by its estimated cost and extrapolates the
+    sweep's own pace since it began, so cells run in parallel are accounted for.
+    """
+
+    def __init__(self, planned: list[PlannedCell], every_s: float = PROGRESS_EVERY_S) -> None:
+        self.planned, self.every_s = planned, every_s
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sweep-progress", daemon=True)
+
+    def __enter__(self) -> Watch:
+        self.started = time.time()
+        self._start_fraction = self.fraction()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def states(self) -> list[str]:
+        return [cell_state(cell, self.started) for cell in self.planned]
+
+    def fraction(self) -> float:
+        """The share of the sweep's estimated work done (skipped cells count as none)."""
+        work = [(c, s) for c, s in zip(self.planned, self.states(), strict=True) if s != "skipped"]
+        total = sum(c.cost for c, _ in work)
+        if not total:
+            return 1.0
+        done = sum(c.cost * (1.0 if s != "unfinished" else self._share(c)) for c, s in work)
+        return done / total
+
+    @staticmethod
+    def _share(cell: PlannedCell) -> float:
+        """The share of a running cell's epochs done (a resumed cell starts part-way)."""
+        return min(_epochs_done(cell.run_dir) / cell.config.epochs, 1.0)
+
+    def line(self) -> str:
+        states = self.states()
+        done = sum(s != "unfinished" for s in states)
+        fraction, elapsed = self.fraction(), time.time() - self.started
+        if done == len(states):
+            left = "all done"
+        elif fraction > self._start_fraction:
+            rate = (fraction - self._start_fraction) / elapsed
+            left = f"about {_duration((1 - fraction) / rate)} left"
+        else:
+            left = "estimating the time left"
+        return f"[sweep] {done}/{len(states)} cells done, {left} ({_duration(elapsed)} so far)"
+
+    def _run(self) -> None:
+        last_done, last_line = -1, 0.0
+        while not self._stop.wait(1.0):
+            done = sum(s != "unfinished" for s in self.states())
+            if done != last_done or time.time() - last_line >= self.every_s:
+                print(self.line(), flush=True)
+                last_done, last_line = done, time.time()
+
+    def summary(self, reports: list[Path]) -> list[str]:
+        """The closing lines: what came of each cell, and where the reports are."""
+        counts = Counter(self.states())
+        words = [
+            f"{counts['finished']} finished",
+            f"{counts['skipped']} skipped (a result already there)",
+            f"{counts['failed']} failed",
+            f"{counts['diverged']} diverged",
+        ]
+        if counts["unfinished"]:
+            words.append(f"{counts['unfinished']} unfinished (stopped, or run by another process)")
+        elapsed = _duration(time.time() - self.started)
+        lines = [f"sweep done in {elapsed}: {len(self.planned)} cells, {', '.join(words)}"]
+        return lines + [f"report: {path}" for path in reports]
