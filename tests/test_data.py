@@ -4,6 +4,7 @@ the tests write (IDX, CIFAR pickles, image folders), so nothing is downloaded.""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import pickle
 import re
@@ -379,3 +380,45 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
     assert train.skipped == {str(bad)}
     train[index]
     assert len(train.skipped) == 1
+
+
+# A cell on the image folder of _with_corrupt_image: 13 train images, 12 val, 3 steps an epoch.
+IMAGE_CELL = ["logger=none", "model=resnet8", "model.width=8", "norm.groups=4",
+              "dataset=imagenet", "dataset.image_size=16", "gpus=1", "batch=4", "epochs=2",
+              "progress=false"]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_image_is_one_line_whatever_the_loader_workers(tmp_path, workers):
+    from conftest import run_cli
+
+    bad = _with_corrupt_image(tmp_path / "data")
+    args = [*IMAGE_CELL, f"dataset.root={tmp_path / 'data'}", f"dataset.workers={workers}"]
+    result = run_cli(["train", *args, f"out_dir={tmp_path / 'runs'}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    # torch wraps an error from a worker process in the worker's traceback: not shown.
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"normbench: unreadable image {bad}: ") and "bad_images=skip" in line
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_skipped_images_are_counted_once_over_workers_and_ranks_and_reported(tmp_path):
+    from conftest import run_cli
+
+    bad = _with_corrupt_image(tmp_path / "data")
+    (tmp_path / "data" / "val" / "ant" / "9.JPEG").write_bytes(b"")  # and one in val
+    args = [*IMAGE_CELL, f"dataset.root={tmp_path / 'data'}", "dataset.bad_images=skip",
+            "dataset.workers=2", "gpus=2", "devices=2", f"out_dir={tmp_path / 'runs'}"]  # fmt: skip
+    result = run_cli(["train", *args], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (metrics,) = (tmp_path / "runs").glob("*/*/metrics.json")
+    # 2 epochs x 2 ranks x 2 loader workers each may meet the same file: it counts once.
+    assert json.loads(metrics.read_text())["skipped_images"] == 2
+    assert str(bad) in (metrics.parent / "skipped_images.txt").read_text()
+    report = run_cli(["report", str(metrics.parent.parent)], cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert f"images skipped (trained and evaluated without them): {metrics.parent.name}: 2" in (
+        report.stdout
+    )

@@ -46,6 +46,7 @@ class _Request:
     bad_images: str
     color_jitter: float
     lighting: float
+    skipped_file: Path | None
 
 
 BAD_IMAGE_POLICIES = ("fail", "skip")
@@ -109,7 +110,7 @@ def _build_imagenet(req: _Request) -> DatasetBundle:
     train, val = imagenet.build(
         root, size, seed=req.seed, augment=req.augment, bad_images=req.bad_images,
         train_size=req.train_size, val_size=req.val_size, color_jitter=req.color_jitter,
-        lighting=req.lighting,
+        lighting=req.lighting, skipped_file=req.skipped_file,
     )  # fmt: skip
     return DatasetBundle(train, val, len(train.classes), 3, size, collate)
 
@@ -161,6 +162,7 @@ def build_datasets(
     bad_images: str,
     color_jitter: float = 0.0,
     lighting: float = 0.0,
+    skipped_file: Path | None = None,
 ) -> DatasetBundle:
     """Build the train and validation datasets called ``name``.
 
@@ -169,6 +171,8 @@ def build_datasets(
     dataset's own. ``download``: fetch missing CIFAR files. ``bad_images``: what ImageFolder data
     does with unreadable files, "fail" or "skip". ``color_jitter``/``lighting``: the paper's
     extra ImageNet train augmentation, 0 = off (see :func:`check_augment_options`).
+    ``skipped_file``: where ImageFolder data records each unreadable file it skips (a run's
+    total over workers and ranks: its distinct lines).
     """
     if name not in _BUILDERS:
         raise UserError(f"unknown dataset '{name}' (allowed: {', '.join(sorted(_BUILDERS))})")
@@ -181,7 +185,7 @@ def build_datasets(
     check_augment_options(name, color_jitter, lighting)
     req = _Request(
         root, seed, image_size, train_size, val_size, augment, download, bad_images,
-        color_jitter, lighting,
+        color_jitter, lighting, skipped_file,
     )  # fmt: skip
     return _BUILDERS[name][0](req)
 

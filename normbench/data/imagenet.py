@@ -103,7 +103,9 @@ class ImageFolderDataset(datasets.ImageFolder):
     ``bad_images="fail"``: loading an unreadable file raises UserError naming it. ``"skip"``:
     the next readable sample in index order (wrapping round) is returned instead and the file's
     path is added to :attr:`skipped` (its size is the count). Each DataLoader worker keeps its
-    own :attr:`skipped`; every skipped file is also logged as a warning.
+    own :attr:`skipped`; every skipped file is also logged as a warning and appended to
+    ``skipped_file`` when given, which every worker and rank of a run share: its distinct lines
+    are the images the run went without.
     The random transform of sample ``index`` is fixed by (``seed``, epoch, ``index``).
     """
 
@@ -114,6 +116,7 @@ class ImageFolderDataset(datasets.ImageFolder):
         *,
         bad_images: str = "fail",
         seed: int = 0,
+        skipped_file: Path | None = None,
     ) -> None:
         try:
             super().__init__(str(root), transform=transform)
@@ -121,6 +124,7 @@ class ImageFolderDataset(datasets.ImageFolder):
             raise UserError(f"no images in a class folder of {root}: {err}") from err
         self.bad_images = bad_images
         self.skipped: set[str] = set()
+        self.skipped_file = skipped_file
         self.seed = seed
         self.epoch = EpochCounter()
 
@@ -168,6 +172,9 @@ class ImageFolderDataset(datasets.ImageFolder):
                     "skipped unreadable image %s: %s (%d skipped in this process)",
                     path, err, len(self.skipped),
                 )  # fmt: skip
+                if self.skipped_file is not None:  # appends of one line do not interleave
+                    with open(self.skipped_file, "a") as record:
+                        record.write(path + "\n")
             return None
 
 
@@ -182,6 +189,7 @@ def build(
     val_size: int | None = None,
     color_jitter: float = 0.0,
     lighting: float = 0.0,
+    skipped_file: Path | None = None,
 ) -> tuple[ImageFolderDataset, ImageFolderDataset]:
     """(train, val) datasets of the image folders under ``root``, images size x size.
 
@@ -189,24 +197,30 @@ def build(
     :func:`normbench.data.check_dataset`. ``train_size``/``val_size`` keep a subset chosen by
     ``seed`` (None keeps all). Without ``augment`` the train images get the eval transform
     (neither colour jitter nor lighting); with it, :func:`train_transform`'s options apply.
+    ``skipped_file``: where skipped unreadable files are recorded (see ImageFolderDataset).
     """
     check_dataset("imagenet", str(root))
     train_tf = train_transform(size, color_jitter, lighting) if augment else eval_transform(size)
     # Subset seeds as for the in-memory datasets (normbench.data._subsample_pair).
-    train = _split(Path(root) / "train", train_tf, bad_images, seed, train_size, seed * 2)
-    val = _split(Path(root) / "val", eval_transform(size), bad_images, seed, val_size, seed * 2 + 1)
+    policy = {"bad_images": bad_images, "skipped_file": skipped_file}
+    train = _split(Path(root) / "train", train_tf, seed, train_size, seed * 2, **policy)
+    val = _split(Path(root) / "val", eval_transform(size), seed, val_size, seed * 2 + 1, **policy)
     return train, val
 
 
 def _split(
     folder: Path,
     transform: Callable,
-    bad_images: str,
     seed: int,
     keep: int | None,
     subset_seed: int,
+    *,
+    bad_images: str,
+    skipped_file: Path | None,
 ) -> ImageFolderDataset:
-    ds = ImageFolderDataset(folder, transform, bad_images=bad_images, seed=seed)
+    ds = ImageFolderDataset(
+        folder, transform, bad_images=bad_images, seed=seed, skipped_file=skipped_file
+    )
     what = f"{folder.name}_size"
     idx = subsample(len(ds), keep, subset_seed, what)
     if idx is not None:

@@ -136,6 +136,15 @@ def _problem_lines(cells: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _skipped_line(cells: pd.DataFrame) -> list[str]:
+    """Which cells trained without some images (dataset.bad_images=skip), and how many."""
+    skipped = cells[cells["skipped_images"].fillna(0) > 0]
+    if skipped.empty:
+        return []
+    counts = ", ".join(f"{row.cell}: {row.skipped_images}" for row in skipped.itertuples())
+    return [f"unreadable images skipped (trained and evaluated without them): {counts}"]
+
+
 def _table_texts(table: Table) -> dict[str, pd.DataFrame]:
     """Our table, the paper's and the delta as text frames, ready to print."""
     return {
@@ -169,6 +178,7 @@ def render_markdown(report: Report, images: dict[str, str], curves: dict[str, st
         f"# normbench report: {report.experiment}",
         "",
         f"Sweep folder: `{report.sweep_dir}`, {len(cells)} cells ({_status_line(cells)}).",
+        *(f"{line[0].upper()}{line[1:]}." for line in _skipped_line(cells)),
         f"Metric: `{report.metric}` ({METRICS[report.metric]}), top-1 error in percent; "
         "several seeds read `mean +- std (n=seeds)` with the sample std; "
         "cells that did not finish read `diverged`, `failed` or `running`.",
@@ -200,6 +210,7 @@ def format_report(report: Report) -> str:
     lines = [
         f"normbench report: {report.experiment} (metric {report.metric})",
         f"cells: {_status_line(cells)}",
+        *_skipped_line(cells),
         *_problem_lines(cells),
     ]
     for table in report.tables:

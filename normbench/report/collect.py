@@ -30,12 +30,13 @@ CELL_COLUMNS = [
     "cell", "status", "experiment", "model", "dataset", "norm", "norm_label", "groups",
     "group_size", "batch", "gpus", "total_batch", "devices", "seed", "epochs", "epochs_done",
     "steps", "lr", "bn_eval_stats", "metric", *ERROR_FIELDS, "train_error_final", "wall_time_s",
-    "images_per_s", "peak_mem_mb", "diverged_at_step", "error", "command", "host", "git_commit",
+    "images_per_s", "peak_mem_mb", "skipped_images", "diverged_at_step", "error", "command",
+    "host", "git_commit",
     "versions", "finished_at", "path",
 ]  # fmt: skip
 INT_COLUMNS = [
     "groups", "group_size", "batch", "gpus", "total_batch", "devices", "seed", "epochs",
-    "epochs_done", "steps", "diverged_at_step",
+    "epochs_done", "steps", "skipped_images", "diverged_at_step",
 ]  # fmt: skip
 FLOAT_COLUMNS = [
     "lr", *ERROR_FIELDS, "train_error_final", "wall_time_s", "images_per_s", "peak_mem_mb",

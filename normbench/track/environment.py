@@ -17,6 +17,7 @@ import torch
 
 import normbench
 from normbench.config import Config, learning_rate, norm_label, total_batch
+from normbench.track.rundir import skipped_images
 
 JOB = "job.json"  # written by the parent: the command and overrides that created the cell
 COMMAND_ENV = "NORMBENCH_COMMAND"
@@ -84,6 +85,7 @@ def run_record(cfg: Config, run_dir: Path, env, trainer) -> dict[str, Any]:
         "amp": cfg.amp,
         "channels_last": cfg.channels_last,
         "bn_eval_stats": trainer.bn_eval_stats,
+        "skipped_images": skipped_images(run_dir),  # trained and evaluated without them
         "images_per_s": images / progress.train_time if progress.train_time else None,
         "peak_mem_mb": max((row["peak_mem_mb"] for row in progress.history), default=None),
         "versions": versions(),

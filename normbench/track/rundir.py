@@ -6,6 +6,7 @@
                                    metrics.json   written last; its presence means "done"
                                    checkpoint.pt  latest state, for exact resume
                                    train.log      rank 0's log
+                                   skipped_images.txt  unreadable files skipped (if any)
 
 Every file is replaced atomically (temporary file, fsync, rename) so a crash never leaves a
 half-written record, and the report can read a directory while a sweep is writing it.
@@ -35,6 +36,7 @@ STEPS = "steps.csv"
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
+SKIPPED = "skipped_images.txt"  # appended to by every worker process of every rank
 LOCK = ".lock"
 LOCK_HOLDER = ".lock.holder"  # who holds LOCK: the lock file itself is truncated by each try
 
@@ -232,7 +234,8 @@ def config_changes(run_dir: Path, config: dict[str, Any]) -> list[str]:
 
 def archive_result(run_dir: Path) -> Path | None:
     """Move a previous result aside (``archive/<time>/``) before a forced rerun: never delete it."""
-    names = [n for n in (METRICS, HISTORY, CONFIG, CHECKPOINT, LOG) if (run_dir / n).exists()]
+    record = (METRICS, HISTORY, CONFIG, CHECKPOINT, LOG, SKIPPED)
+    names = [n for n in record if (run_dir / n).exists()]
     if not names:
         return None
     target = run_dir / "archive" / time.strftime("%Y%m%d-%H%M%S")
@@ -244,6 +247,14 @@ def archive_result(run_dir: Path) -> Path | None:
 
 def write_lock_holder(run_dir: Path) -> None:
     """Say which process holds the cell's lock (call right after taking it)."""
+def skipped_images(run_dir: Path) -> int:
+    """How many distinct unreadable images the cell's processes skipped (dataset.bad_images)."""
+    try:
+        return len(set((run_dir / SKIPPED).read_text().splitlines()))
+    except FileNotFoundError:
+        return 0
+
+
     since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json(run_dir / LOCK_HOLDER, {"pid": os.getpid(), "host": socket.gethostname(),
                                         "since": since})  # fmt: skip

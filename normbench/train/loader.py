@@ -11,12 +11,14 @@ images twice and biases the error).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from normbench.data import DatasetBundle
+from normbench.errors import UserError
 
 
 class TrainSampler(DistributedSampler):
@@ -53,10 +55,48 @@ class ValSampler(Sampler[int]):
         return len(self.indices)
 
 
+class Loader(DataLoader):
+    """A DataLoader whose user errors read the same with or without worker processes.
+
+    torch re-raises an error from a worker process with the worker's whole traceback as its
+    message ("Caught UserError in DataLoader worker process 0. Original Traceback ..."); the
+    command line would print all of it. The message the dataset raised is the traceback's
+    last line, and it is what the caller gets here.
+    """
+
+    def __iter__(self) -> Iterator:
+        return _UnwrappedErrors(super().__iter__())
+
+
+class _UnwrappedErrors:
+    def __init__(self, batches: Iterator) -> None:
+        self._batches = batches
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._batches)
+        except UserError as e:
+            raise type(e)(worker_error_message(str(e))) from None
+
+
+_RAISED_LINE = re.compile(r"^[\w.]+: (.*)$")  # "normbench.errors.UserError: <message>"
+
+
+def worker_error_message(text: str) -> str:
+    """The message a worker process raised, from torch's re-raised text (else `text` itself)."""
+    if not text.startswith("Caught "):
+        return text
+    last = _RAISED_LINE.match(text.rstrip().splitlines()[-1])
+    return last.group(1) if last else text
+
+
 def build_loaders(
     data: DatasetBundle, *, batch_per_rank: int, world_size: int, rank: int, seed: int,
     workers: int, pin_memory: bool,
-) -> tuple[DataLoader, DataLoader, TrainSampler]:  # fmt: skip
+) -> tuple[Loader, Loader, TrainSampler]:  # fmt: skip
     train_sampler = TrainSampler(data.train, num_replicas=world_size, rank=rank, seed=seed)
     common = {
         "num_workers": workers,
@@ -64,11 +104,11 @@ def build_loaders(
         "collate_fn": data.collate_fn,
         "persistent_workers": workers > 0,
     }
-    train = DataLoader(
+    train = Loader(
         data.train, batch_size=batch_per_rank, sampler=train_sampler, drop_last=True, **common
     )
     val_sampler = ValSampler(len(data.val), num_replicas=world_size, rank=rank)
-    val = DataLoader(data.val, batch_size=batch_per_rank, sampler=val_sampler, **common)
+    val = Loader(data.val, batch_size=batch_per_rank, sampler=val_sampler, **common)
     return train, val, train_sampler
 
 

@@ -165,7 +165,7 @@ class Trainer:
             train_size=cfg.dataset.train_size, val_size=cfg.dataset.val_size,
             augment=cfg.dataset.augment, download=cfg.dataset.download,
             bad_images=cfg.dataset.bad_images, color_jitter=cfg.dataset.color_jitter,
-            lighting=cfg.dataset.lighting,
+            lighting=cfg.dataset.lighting, skipped_file=run_dir / rundir.SKIPPED,
         )  # fmt: skip
         self.train_loader, self.val_loader, self.sampler = build_loaders(
             self.data, batch_per_rank=cfg.batch * self.chunks, world_size=env.world_size,
