@@ -106,6 +106,18 @@ class OptimConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """BN diagnostics after training (normbench.train.diagnostics): the final network's val
+    error under every way of normalizing at test time, for cells with per-GPU batch statistics.
+    Extra measurements only: the cell's headline numbers do not depend on them."""
+
+    enabled: bool = True
+    # Training images (whole steps of the total batch, at most one epoch) whose population
+    # statistics PreciseBN recomputes; Wu & Johnson 2021 find about 10^4 enough on ImageNet.
+    precise_images: int = 4096
+
+
+@dataclass
 class LoggerConfig:
     kind: str = "wandb"
     project: str = "normbench"
@@ -120,6 +132,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     name: str = "default"  # the experiment: run directories go to <out_dir>/<name>/<cell>
     batch: int = 32  # images per GPU, the paper's "batch size"
     gpus: int = 8  # GPUs of the experiment (8 in the paper), real or emulated
@@ -258,6 +271,7 @@ def validate(cfg: Config) -> None:
     _positive("checkpoint_every_steps", cfg.checkpoint_every_steps, least=0)
     _positive("dataset.workers", cfg.dataset.workers, least=0)
     _positive("optim.reference_batch", cfg.optim.reference_batch)
+    _positive("diagnostics.precise_images", cfg.diagnostics.precise_images)
     for what in ("train_size", "val_size", "image_size"):
         value = getattr(cfg.dataset, what)
         if value is not None:

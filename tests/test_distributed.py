@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,8 @@ import torch
 from conftest import run_cli
 
 
-def _steps(run_dir: Path) -> list[dict[str, float]]:
-    with open(run_dir / "steps.csv") as f:
+def _rows(run_dir: Path, name: str) -> list[dict[str, float]]:
+    with open(run_dir / name) as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
@@ -32,12 +33,22 @@ def test_two_processes_match_one_process_emulating_two_gpus(tmp_path, tiny, eval
         assert result.returncode == 0, result.stdout + result.stderr
         runs[devices] = _only_cell(out)
 
-    emulated, real = _steps(runs[1]), _steps(runs[2])
+    emulated, real = _rows(runs[1], "steps.csv"), _rows(runs[2], "steps.csv")
     assert len(emulated) == len(real) == 2 * (256 // 16)
     for a, b in zip(emulated, real, strict=True):
         assert a["step"] == b["step"]
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-12)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
+
+    # Evaluation: every rank normalizes with the same combined statistics as the emulation
+    # (the val loss sums every rank's images, so one rank with other statistics shows), and so
+    # does every BN diagnostic.
+    for a, b in zip(_rows(runs[1], "history.csv"), _rows(runs[2], "history.csv"), strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4), a["epoch"]
+    metrics = {d: json.loads((r / "metrics.json").read_text()) for d, r in runs.items()}
+    for mode in ("ema_average", "ema_first", "precise", "batch"):
+        assert metrics[1][f"val_error_{mode}"] == metrics[2][f"val_error_{mode}"], mode
+    assert metrics[1][f"val_error_ema_{eval_stats}"] == metrics[1]["val_error_final"]
 
     weights = {
         d: torch.load(r / "checkpoint.pt", weights_only=False)["model"] for d, r in runs.items()

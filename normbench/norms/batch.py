@@ -8,12 +8,20 @@ multi-GPU run normalize the same samples together.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 EVAL_STATS = ("average", "first")
+
+
+def other_mode(eval_stats: str) -> str:
+    """The evaluation-statistics mode that is not ``eval_stats``."""
+    return EVAL_STATS[1 - EVAL_STATS.index(eval_stats)]
 
 
 def _distributed() -> bool:
@@ -85,6 +93,11 @@ class BatchNorm2d(PerGPUStatistics, nn.BatchNorm2d):
     running statistics become the mean over sub-batches (``eval_stats="average"``) or those of
     sub-batch 0 (``"first"``), each sub-batch updating its own EMA from the same starting point.
     Evaluation always uses the running statistics, like BN.
+
+    The moving averages of the other mode are kept beside them (``alt_running_mean``,
+    ``alt_running_var``), so that a finished run can be evaluated both ways (the BN diagnostics
+    of :mod:`normbench.train.diagnostics`) at the cost of a few vector operations per step. With
+    one chunk both are the same chain.
     """
 
     running_stats = ("running_mean", "running_var")
@@ -101,12 +114,22 @@ class BatchNorm2d(PerGPUStatistics, nn.BatchNorm2d):
             raise ValueError(f"eval_stats must be one of {EVAL_STATS}, got {eval_stats!r}")
         self.eval_stats = eval_stats
         self.chunks = 1
+        # Not in the state dict, which stays nn.BatchNorm2d's (torchvision's ResNet weights load
+        # both ways); checkpoints carry them through :func:`alt_running_stats`.
+        self.register_buffer("alt_running_mean", torch.zeros(num_features), persistent=False)
+        self.register_buffer("alt_running_var", torch.ones(num_features), persistent=False)
+
+    def reset_running_stats(self) -> None:
+        super().reset_running_stats()
+        if hasattr(self, "alt_running_mean"):  # nn.BatchNorm2d calls this before they exist
+            self.alt_running_mean.zero_()
+            self.alt_running_var.fill_(1)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, eval_stats={self.eval_stats}, chunks={self.chunks}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.chunks == 1 or not self.training:
+        if not self.training:
             return super().forward(x)
         k = self.chunks
         return self._folded_batch_norm(x, tile_chunks(self.weight, k), tile_chunks(self.bias, k))
@@ -114,30 +137,32 @@ class BatchNorm2d(PerGPUStatistics, nn.BatchNorm2d):
     def _folded_batch_norm(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     ) -> torch.Tensor:
-        """Train-mode BN per emulated GPU in one fused call, updating the running statistics.
+        """Train-mode BN per emulated GPU in one fused call, updating both moving averages.
 
         ``weight`` and ``bias`` have one entry per (chunk, channel), i.e. ``chunks * C``.
         """
         k = self.chunks
-        if k == 1:
-            y = F.batch_norm(
-                x, self.running_mean, self.running_var, weight, bias, True, self.momentum, self.eps
-            )
-            self.num_batches_tracked.add_(1)
-            return y
-        # Every sub-batch starts its EMA from the shared running stats (one copy holds all k
-        # means and variances); the EMA is linear, so the mean (or chunk 0) of the k updated
-        # copies is the combined update.
-        stats = tile_chunks(torch.stack([self.running_mean, self.running_var]), k)
+        # Every sub-batch starts its EMA from the shared running stats s (one copy holds all k
+        # means and variances): u_j = (1 - m) s + m b_j. The EMA is linear, so the mean (or
+        # chunk 0) of the k updated copies is the combined update.
+        start = torch.stack([self.running_mean, self.running_var])
+        stats = tile_chunks(start, k) if k > 1 else start.clone()
         y = F.batch_norm(
             fold_chunks(x, k), stats[0], stats[1], weight, bias, True, self.momentum, self.eps
         )
         with torch.no_grad():
-            combined = combine_chunks(stats, k, self.eval_stats)
-            self.running_mean.copy_(combined[0])
-            self.running_var.copy_(combined[1])
+            updated = stats.unflatten(-1, (k, -1))
+            by_mode = {"average": updated.mean(1), "first": updated[:, 0]}
+            # The other mode's chain t follows its own value: t' = (1 - m) t + m b, which is
+            # u + (1 - m) (t - s) for the u of that mode.
+            alt = torch.stack([self.alt_running_mean, self.alt_running_var])
+            alt = by_mode[other_mode(self.eval_stats)] + (1 - self.momentum) * (alt - start)
+            torch._foreach_copy_(
+                [self.running_mean, self.running_var, self.alt_running_mean, self.alt_running_var],
+                [*by_mode[self.eval_stats], *alt],
+            )
             self.num_batches_tracked.add_(1)
-        return unfold_chunks(y, x)
+        return unfold_chunks(y, x) if k > 1 else y
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -207,36 +232,95 @@ def set_emulated_gpus(model: nn.Module, chunks: int) -> None:
             module.chunks = chunks
 
 
-def sync_running_stats(model: nn.Module) -> None:
-    """Make running statistics of every batch-dependent norm in ``model`` agree across ranks.
+def _chains(model: nn.Module) -> dict[str, list[torch.Tensor]]:
+    """Every moving average of ``model``'s batch norms, by how ranks combine it.
 
-    Covers torch's batch norms and every :class:`PerGPUStatistics` norm (their
-    ``running_stats``). Layers with ``eval_stats="first"`` take rank 0's statistics (what DDP's
-    buffer broadcast gives); all others (including plain and synchronized BN) take the mean over
-    ranks. No-op without a process group. Every rank must call it (it is a collective).
+    The chain of mode "first" is GPU 0's (rank 0 broadcasts it), that of "average" the mean
+    over GPUs (an all-reduce): a BN's headline statistics follow its ``eval_stats`` (default
+    "average": plain and synchronized BN), and :class:`BatchNorm2d` keeps the other mode too.
+    """
+    chains: dict[str, list[torch.Tensor]] = {mode: [] for mode in EVAL_STATS}
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            mode = getattr(module, "eval_stats", "average")
+            chains[mode] += [module.running_mean, module.running_var]
+            if isinstance(module, BatchNorm2d):
+                chains[other_mode(mode)] += [module.alt_running_mean, module.alt_running_var]
+        elif isinstance(module, PerGPUStatistics):  # EvoNorm-B0, DBN, IterNorm
+            chains[module.eval_stats] += [getattr(module, name) for name in module.running_stats]
+    return chains
+
+
+def sync_running_stats(model: nn.Module) -> None:
+    """Make the moving averages of every batch norm in ``model`` agree across ranks.
+
+    Each chain is combined as its mode says (see :func:`_chains`): the result is what one
+    process emulating every GPU holds, so real and emulated runs evaluate alike. Every rank
+    must call it (it is a collective); a no-op without a process group. Rank r's own chains are
+    replaced, which changes nothing that is later read: the EMA is linear, so the mean of
+    chains that restart from their mean stays the mean, and only GPU 0's "first" chain counts.
     """
     if not _distributed():
         return
-    average: list[torch.Tensor] = []
-    first: list[torch.Tensor] = []
-    for module in model.modules():
-        if isinstance(module, PerGPUStatistics):
-            stats = [getattr(module, name) for name in module.running_stats]
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-            stats = [module.running_mean, module.running_var]
-        else:
-            continue
-        bucket = first if getattr(module, "eval_stats", "average") == "first" else average
-        bucket += [t for t in stats if t is not None]
+    chains = _chains(model)
     world = dist.get_world_size()
-    for group in _by_device_and_dtype(average):
+    for group in _by_device_and_dtype(chains["average"]):
         flat = torch.cat([t.reshape(-1) for t in group])
         dist.all_reduce(flat)
         _scatter_back(flat / world, group)
-    for group in _by_device_and_dtype(first):
+    for group in _by_device_and_dtype(chains["first"]):
         flat = torch.cat([t.reshape(-1) for t in group])
         dist.broadcast(flat, src=0)
         _scatter_back(flat, group)
+
+
+@contextmanager
+def running_stats_of(model: nn.Module, mode: str) -> Iterator[None]:
+    """Evaluate ``model``'s per-GPU batch norms with the moving averages of ``mode`` ("average"
+    or "first") instead of their own ``eval_stats``; restored on exit. Other norms unchanged."""
+    if mode not in EVAL_STATS:
+        raise ValueError(f"mode must be one of {EVAL_STATS}, got {mode!r}")
+    swapped = [
+        m for m in model.modules() if isinstance(m, BatchNorm2d) and m.eval_stats != mode
+    ]
+    for module in swapped:
+        _swap_chains(module)
+    try:
+        yield
+    finally:
+        for module in swapped:
+            _swap_chains(module)
+
+
+def alt_running_stats(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The other-mode moving averages of ``model``'s per-GPU batch norms, for a checkpoint."""
+    return {
+        f"{name}.{stat}": getattr(module, stat).clone()
+        for name, module in model.named_modules()
+        if isinstance(module, BatchNorm2d)
+        for stat in ("alt_running_mean", "alt_running_var")
+    }
+
+
+def load_alt_running_stats(model: nn.Module, state: dict[str, torch.Tensor] | None) -> None:
+    """Restore :func:`alt_running_stats`; a checkpoint without them (an older run) restarts the
+    other chain from the headline one, the best estimate it has."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, BatchNorm2d):
+                for stat in ("mean", "var"):
+                    saved = (state or {}).get(f"{name}.alt_running_{stat}")
+                    own = getattr(module, f"running_{stat}")
+                    getattr(module, f"alt_running_{stat}").copy_(own if saved is None else saved)
+
+
+def _swap_chains(module: BatchNorm2d) -> None:
+    with torch.no_grad():
+        for own, alt in ((module.running_mean, module.alt_running_mean),
+                         (module.running_var, module.alt_running_var)):  # fmt: skip
+            held = own.clone()
+            own.copy_(alt)
+            alt.copy_(held)
 
 
 def _by_device_and_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:

@@ -54,7 +54,9 @@ NON_SCIENCE_KEYS = frozenset({
     "accelerator", "backend", "log_every_steps", "checkpoint_every_steps", "cpu_threads",
     "metric",
 })  # fmt: skip
-NON_SCIENCE_PREFIXES = ("logger.", "hydra.", "dataset.root", "dataset.workers", "dataset.download")
+NON_SCIENCE_PREFIXES = (
+    "logger.", "hydra.", "dataset.root", "dataset.workers", "dataset.download", "diagnostics.",
+)  # fmt: skip
 
 
 def _is_science_key(key: str) -> bool:

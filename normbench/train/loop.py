@@ -35,11 +35,18 @@ from normbench.data import build_datasets
 from normbench.errors import UserError
 from normbench.logs import EpochProgress
 from normbench.models import build_model
-from normbench.norms import get_norm_spec, set_emulated_gpus, sync_running_stats
+from normbench.norms import (
+    alt_running_stats,
+    get_norm_spec,
+    load_alt_running_stats,
+    set_emulated_gpus,
+    sync_running_stats,
+)
 from normbench.track import rundir
 from normbench.track.environment import run_record
 from normbench.track.tracker import open_tracker
 from normbench.train.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
+from normbench.train.diagnostics import bn_diagnostics, has_per_gpu_statistics
 from normbench.train.distributed import (
     DistEnv,
     all_reduce_sum,
@@ -210,17 +217,18 @@ class Trainer:
     def _wrap_ddp(self, model: nn.Module) -> nn.Module:
         if self.env.world_size == 1:
             return model
-        # "first": DDP's default, rank 0's buffers broadcast each forward (what the paper's
-        # 8-GPU setups did). "average": keep every rank's statistics and average before eval.
-        broadcast = self.bn_eval_stats == "first"
+        # Every rank keeps its own BN moving averages, as separate GPUs do; sync_running_stats
+        # combines them before each evaluation ("first": GPU 0's, "average": the mean), so
+        # real and emulated GPUs evaluate alike in both modes.
         device_ids = [self.env.local_rank] if self.env.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=broadcast)
+        return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
 
     def _resume(self) -> None:
         state = load_checkpoint(self.run_dir / rundir.CHECKPOINT)
         if state is None:
             return
         self.model.load_state_dict(state["model"])
+        load_alt_running_stats(self.model, state.get("bn_alt_stats"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -239,6 +247,7 @@ class Trainer:
             self.run_dir / rundir.CHECKPOINT,
             {
                 "model": self.model.state_dict(),
+                "bn_alt_stats": alt_running_stats(self.model),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
@@ -368,8 +377,7 @@ class Trainer:
                 train = self.train_epoch(tracker, guard)
             finally:
                 self.bar.stop()
-            if self.bn_eval_stats == "average":
-                sync_running_stats(self.model)
+            sync_running_stats(self.model)
             val_loss, val_error = evaluate(self.model, self.val_loader, cfg, env)
             row = {
                 "epoch": p.epoch + 1,
@@ -399,7 +407,35 @@ class Trainer:
             self.save()
             if self._preempted(guard):
                 self._exit_preempted(guard)
-        return summarize(p.history)
+        return {**summarize(p.history), **self.diagnose()}
+
+    def diagnose(self) -> dict[str, Any]:
+        """Val error of the final network under every BN evaluation mode (cells with per-GPU
+        batch statistics, unless diagnostics.enabled=false); see normbench.train.diagnostics."""
+        cfg = self.cfg
+        if not (cfg.diagnostics.enabled and has_per_gpu_statistics(self.model)):
+            return {}
+        # The training loader gives this rank's batches; rounded down to whole steps.
+        steps = max(1, min(cfg.diagnostics.precise_images // total_batch(cfg),
+                           self.steps_per_epoch))  # fmt: skip
+        self.sampler.set_position(cfg.epochs, 0)  # a fresh permutation, past the last epoch
+        errors = bn_diagnostics(
+            self.model, train_loader=self.train_loader, val_loader=self.val_loader,
+            evaluate=lambda model, loader: evaluate(model, loader, cfg, self.env)[1],
+            batch=cfg.batch, chunks=self.chunks, precise_batches=steps, env=self.env,
+        )  # fmt: skip
+        seconds = errors.pop("seconds")
+        if self.env.is_main:
+            log.info(
+                "BN diagnostics (val error with the final weights): %s; %.0f s (%.1f%% of "
+                "training)", ", ".join(f"{mode} {error:.2f}%" for mode, error in errors.items()),
+                seconds, 100 * seconds / max(self.progress.train_time, 1e-9),
+            )  # fmt: skip
+        return {
+            **{f"val_error_{mode}": error for mode, error in errors.items()},
+            "diagnostics_images": steps * total_batch(cfg),
+            "diagnostics_time_s": seconds,
+        }
 
 
 def _finite_or_none(value: float) -> float | None:
