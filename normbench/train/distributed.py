@@ -12,7 +12,9 @@ norms compute statistics per chunk of ``batch`` samples (see normbench.norms.set
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -22,6 +24,12 @@ import torch
 import torch.distributed as dist
 
 from normbench.config import Config, resolve_accelerator
+from normbench.errors import UserError
+
+log = logging.getLogger("normbench")
+# torch's launcher logs a failed worker's traceback itself: the failure is raised from here
+# instead, and shown once (a user error as one line, any other error with its traceback).
+_LAUNCHER_LOGGERS = ("torch.distributed.elastic", "torch.multiprocessing")
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,8 @@ def launch_workers(entrypoint: Callable[[str], object], arg: str, nprocs: int, r
         start_method="spawn",
     )
     try:
-        elastic_launch(config, entrypoint)(arg)
+        with _quiet(_LAUNCHER_LOGGERS):
+            elastic_launch(config, entrypoint)(arg)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         message = failure.message
@@ -127,4 +136,26 @@ def launch_workers(entrypoint: Callable[[str], object], arg: str, nprocs: int, r
         reason = (
             str(message).strip().splitlines()[-1] if message else f"exit code {failure.exitcode}"
         )
+        if reason.startswith(f"{UserError.__name__}: "):  # e.g. an unreadable image: one line
+            raise UserError(reason.split(": ", 1)[1]) from None
+        log.error("worker rank %d failed:\n%s", rank, _callstack(failure) or reason)
         raise WorkerFailed(f"worker rank {rank} failed: {reason}") from None
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]):
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _callstack(failure) -> str | None:
+    """The worker's traceback, as torch's error file recorded it."""
+    message = failure.error_file_data.get("message")
+    return message.get("extraInfo", {}).get("py_callstack") if isinstance(message, dict) else None
