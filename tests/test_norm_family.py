@@ -283,3 +283,29 @@ def test_whitening_half_precision_input_keeps_its_dtype(name: str) -> None:
     layer = build_norm(name, 16)
     y = layer(torch.randn(4, 16, 3, 3).bfloat16())
     assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_evonorm_b0_backward_passes_gradcheck(mode: str) -> None:
+    layer = EvoNormB0(3).to(DT).train(mode == "train")
+    randomize(layer)
+    with torch.no_grad():
+        layer.running_var.fill_(0.7)
+    x = torch.randn(4, 3, 3, 2, dtype=DT, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *_: layer(x), (x, *layer.parameters()))
+
+
+def test_evonorm_s0_backward_passes_gradcheck() -> None:
+    layer = build_norm("evonorm_s0", 4, groups=2).to(DT)
+    randomize(layer)
+    x = torch.randn(2, 4, 3, 2, dtype=DT, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *_: layer(x), (x, *layer.parameters()))
+
+
+@pytest.mark.parametrize("name", ["iternorm", "dbn"])
+def test_whitening_backward_passes_gradcheck(name: str) -> None:
+    # The centring and covariance have a hand-written backward (_CentredCovariance).
+    layer = build_norm(name, 4, group_size=2).to(DT)
+    randomize(layer)
+    x = torch.randn(3, 4, 3, 2, dtype=DT, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *_: layer(x), (x, *layer.parameters()))

@@ -61,6 +61,40 @@ class _InverseSqrtSym(torch.autograd.Function):
         return (vectors @ (kernel * inner) @ vectors.mT).to(ctx.input_dtype)
 
 
+class _CentredCovariance(torch.autograd.Function):
+    """(N, C, H, W) -> centred groups Xc (N, C/g, g, H W), Sigma = sum over samples of
+    Xc Xc^T / m (C/g, g, g), and the channel means (not differentiable).
+
+    Hand-written backward: dL/dXc_total = dL/dXc + (G + G^T) Xc / m for G = dL/dSigma, then
+    minus its mean over (N, H, W) (the centring). Autograd of the same ops spent two more
+    batched matmuls, a negation and an addition of the whole activation on it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, group_size):  # noqa: ANN001, ANN205 (autograd's signature)
+        n, c, h, w = x.shape
+        mean = x.sum((0, 2, 3)) / (n * h * w)
+        centred = x.reshape(n, c // group_size, group_size, h * w) - mean.view(-1, group_size, 1)
+        # Sum over samples of per-sample Xc Xc^T: batched matmuls on the (N, C, H, W) layout,
+        # no transposed copy of the activation.
+        sigma = (centred @ centred.mT).sum(0) / (n * h * w)
+        ctx.save_for_backward(centred)
+        ctx.spatial = (h, w)
+        ctx.mark_non_differentiable(mean)
+        return centred, sigma, mean
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_centred, grad_sigma, _):  # noqa: ANN001, ANN205
+        (centred,) = ctx.saved_tensors
+        n, groups, g, hw = centred.shape
+        grad = ((grad_sigma + grad_sigma.mT) / (n * hw)) @ centred
+        if grad_centred is not None:
+            grad.add_(grad_centred)
+        grad.sub_(grad.sum((0, 3), keepdim=True) / (n * hw))
+        return grad.view(n, groups * g, *ctx.spatial), None
+
+
 def inverse_sqrt_eigh(sigma: torch.Tensor) -> torch.Tensor:
     """Sigma^(-1/2) (ZCA) of a batch of SPD matrices, with a stable backward."""
     return _InverseSqrtSym.apply(sigma)
@@ -122,17 +156,14 @@ class _GroupWhitening(PerGPUStatistics, nn.Module):
         acc = folded if folded.dtype == torch.float64 else folded.float()
         n, c, h, w = acc.shape
         g = self.group_size
-        groups = acc.view(n, c // g, g, h * w)  # (N, groups of every emulated GPU, g, H * W)
         if self.training:
-            mean = acc.mean((0, 2, 3))
-            centred = groups - mean.view(c // g, g, 1)
-            # Sum over samples of per-sample Xc Xc^T: batched matmuls on the (N, C, H, W)
-            # layout, no transposed copy of the activation.
-            sigma = (centred @ centred.mT).sum(0) / (n * h * w)
+            # groups of every emulated GPU: (N, k C / g, g, H W)
+            centred, sigma, mean = _CentredCovariance.apply(acc, g)
             sigma = sigma + self.eps * torch.eye(g, dtype=sigma.dtype, device=sigma.device)
             wm = self.whitening_matrix(sigma)
-            self._update_running(mean.detach(), wm.detach(), k)
+            self._update_running(mean, wm.detach(), k)
         else:
+            groups = acc.view(n, c // g, g, h * w)
             centred = groups - self.running_mean.to(acc.dtype).view(c // g, g, 1)
             wm = self.running_wm.to(acc.dtype)
         # gamma folded into the whitening matrix: one matmul gives gamma * Sigma^(-1/2) Xc.
