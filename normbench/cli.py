@@ -3,6 +3,7 @@ the idea (Hydra composition, the job, the report, the registries) and turns user
 one line and exit code 2.
 
     normbench train  [overrides]      one cell, e.g. norm=gn batch=4
+    normbench prepare [overrides]     a cell's directory, for workers you start yourself
     normbench sweep  [overrides]      every combination of comma-separated values, e.g. batch=32,2
     normbench report [sweep_dir] [metric=...]   tables and plots from run directories
     normbench norms | models | datasets   what is available, with options
@@ -21,25 +22,38 @@ from normbench.errors import UserError
 from normbench.track.environment import COMMAND_ENV
 
 USAGE = __doc__.split("\n\n", 1)[1].rstrip()
-# `train` on a cell another process is running: not trained, so not success (EX_TEMPFAIL).
+# `train`/`prepare` on a cell another process is running: not success (EX_TEMPFAIL).
 BUSY_EXIT_CODE = 75
 log = logging.getLogger("normbench")
 
 
-def _cmd_train(args: list[str]) -> int:
+def _one_cell(command: str, args: list[str], *, start: bool) -> tuple[str, Path]:
+    """Run (or prepare) the one cell `args` name: its status and run directory."""
     from normbench.config import as_config
     from normbench.hydra_app import compose
-    from normbench.job import busy_message, cell_dir, run_cell
-    from normbench.track import rundir
+    from normbench.job import cell_dir, run_cell
 
     if any("," in a.split("=", 1)[-1] and not a.split("=", 1)[-1].startswith("[") for a in args):
-        raise UserError("train runs one cell; comma-separated values sweep: use `normbench sweep`")
+        raise UserError(
+            f"{command} takes one cell; comma-separated values sweep: use `normbench sweep`"
+        )
     cfg = compose(args)
-    status = run_cell(cfg, args)
-    run_dir = cell_dir(as_config(cfg), args)
+    return run_cell(cfg, args, start=start), cell_dir(as_config(cfg), args)
+
+
+def _busy(run_dir: Path, what: str) -> int:
+    from normbench.job import busy_message
+
+    print(f"normbench: {run_dir} {what}: {busy_message(run_dir)}", file=sys.stderr)
+    return BUSY_EXIT_CODE
+
+
+def _cmd_train(args: list[str]) -> int:
+    from normbench.track import rundir
+
+    status, run_dir = _one_cell("train", args, start=True)
     if status == "busy":
-        print(f"normbench: {run_dir} not trained: {busy_message(run_dir)}", file=sys.stderr)
-        return BUSY_EXIT_CODE
+        return _busy(run_dir, "not trained")
     metrics = rundir.read_json(run_dir / rundir.METRICS) or {}
     if metrics.get("val_error_median5") is not None:
         print(
@@ -50,6 +64,20 @@ def _cmd_train(args: list[str]) -> int:
         print(f"diverged: {metrics.get('error')}")
     print(f"run directory: {run_dir}")
     return 1 if status == "failed" else 0
+
+
+def _cmd_prepare(args: list[str]) -> int:
+    status, run_dir = _one_cell("prepare", args, start=False)
+    if status == "busy":
+        return _busy(run_dir, "not prepared")
+    if status.startswith("skipped-"):
+        print(f"{run_dir} is already {status.removeprefix('skipped-')} (rerun=true prepares it "
+              "again, archiving the result)")  # fmt: skip
+        return 0
+    print(f"prepared: {run_dir}")
+    print(f"start its workers on every node: torchrun --nproc-per-node <processes per node> "
+          f"... -m normbench worker {run_dir}")  # fmt: skip
+    return 0
 
 
 def _cmd_sweep(args: list[str]) -> int:
@@ -157,6 +185,7 @@ def _cmd_worker(args: list[str]) -> int:
 
 COMMANDS = {
     "train": _cmd_train,
+    "prepare": _cmd_prepare,
     "sweep": _cmd_sweep,
     "report": _cmd_report,
     "norms": _cmd_norms,

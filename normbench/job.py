@@ -78,9 +78,13 @@ def _start_workers(run_dir: Path, cfg: Config) -> None:
         launch_workers(run_worker, str(run_dir), devices, run_id=run_dir.name)
 
 
-def run_cell(cfg: DictConfig | Config, overrides: list[str]) -> str:
+def run_cell(cfg: DictConfig | Config, overrides: list[str], *, start: bool = True) -> str:
     """Run (or skip, or resume) one cell. Returns its status: finished, diverged, failed, busy,
-    or skipped-<status>. User errors propagate as UserError before anything is written."""
+    or skipped-<status>. User errors propagate as UserError before anything is written.
+
+    ``start=False`` prepares the cell's directory as for a run (archive on rerun, config.yaml,
+    job.json) and returns "prepared" instead of starting workers: for workers launched by hand
+    (``torchrun ... -m normbench worker <run_dir>``)."""
     config = as_config(cfg)
     validate(config)
     cell = rundir.cell_overrides(overrides, config.norm.name, config.batch)
@@ -117,6 +121,8 @@ def run_cell(cfg: DictConfig | Config, overrides: list[str]) -> str:
             rundir.atomic_write_text(run_dir / rundir.CONFIG, plain)
         if is_rank0:
             write_job(run_dir, cell)
+        if not start:
+            return "prepared"
         try:
             _start_workers(run_dir, config)
         except UserError:

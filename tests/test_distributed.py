@@ -115,3 +115,32 @@ def test_divergence_is_reported_at_the_first_step_any_rank_saw(tmp_path):
     expected = [9, 7, 4, None, 12]  # the earliest over ranks, not the sum (was 19, 7, 4, -, 24)
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}.txt").read_text() == repr(expected)
+
+
+@pytest.mark.slow
+def test_prepare_writes_the_cell_and_workers_under_torchrun_train_it(tmp_path, tiny):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    prepared = run_cli(["prepare", *tiny, "epochs=1", f"out_dir={out}"], cwd=tmp_path)
+    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    (run_dir,) = [p.parent for p in out.glob("*/*/config.yaml")]
+    assert f"prepared: {run_dir}" in prepared.stdout
+    assert f"-m normbench worker {run_dir}" in prepared.stdout
+    record = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+    assert record == ["config.yaml", "job.json"]  # nothing trained
+
+    # The README's recipe: the user's own launcher starts the workers on the prepared cell.
+    workers = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "normbench", "worker", str(run_dir)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert workers.returncode == 0, workers.stdout + workers.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["devices"] == 2
+    assert "prepare" in metrics["command"]

@@ -247,8 +247,6 @@ def archive_result(run_dir: Path) -> Path | None:
     return target
 
 
-def write_lock_holder(run_dir: Path) -> None:
-    """Say which process holds the cell's lock (call right after taking it)."""
 def skipped_images(run_dir: Path) -> int:
     """How many distinct unreadable images the cell's processes skipped (dataset.bad_images)."""
     try:
@@ -257,6 +255,8 @@ def skipped_images(run_dir: Path) -> int:
         return 0
 
 
+def write_lock_holder(run_dir: Path) -> None:
+    """Say which process holds the cell's lock (call right after taking it)."""
     since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json(run_dir / LOCK_HOLDER, {"pid": os.getpid(), "host": socket.gethostname(),
                                         "since": since})  # fmt: skip
