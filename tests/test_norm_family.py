@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
 
 from normbench.norms import (
@@ -13,6 +15,7 @@ from normbench.norms import (
     IterNorm2d,
     build_norm,
     set_emulated_gpus,
+    sync_running_stats,
 )
 from normbench.norms.whitening import inverse_sqrt_eigh
 
@@ -309,3 +312,26 @@ def test_whitening_backward_passes_gradcheck(name: str) -> None:
     randomize(layer)
     x = torch.randn(3, 4, 3, 2, dtype=DT, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, *_: layer(x), (x, *layer.parameters()))
+
+
+def _sync_worker(rank: int, world: int, store: str) -> None:
+    """Running statistics of the new per-GPU norms agree across ranks after syncing."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        b0 = EvoNormB0(4).to(DT)
+        first = IterNorm2d(4, group_size=2, eval_stats="first").to(DT)
+        b0.running_var.fill_(1 + 2 * rank)
+        first.running_mean.fill_(rank)
+        first.running_wm.fill_(rank)
+        sync_running_stats(nn.Sequential(b0, first))
+        close(b0.running_var, torch.full((4,), 2.0, dtype=DT))  # the mean over ranks
+        close(first.running_mean, torch.zeros(4, dtype=DT))  # rank 0's
+        close(first.running_wm, torch.zeros(2, 2, 2, dtype=DT))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sync_running_stats_covers_the_new_per_gpu_norms(tmp_path) -> None:
+    mp.spawn(_sync_worker, args=(2, str(tmp_path / "store")), nprocs=2, join=True)
