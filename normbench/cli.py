@@ -30,13 +30,14 @@ log = logging.getLogger("normbench")
 def _one_cell(command: str, args: list[str], *, start: bool) -> tuple[str, Path]:
     """Run (or prepare) the one cell `args` name: its status and run directory."""
     from normbench.config import as_config
-    from normbench.hydra_app import compose
+    from normbench.hydra_app import compose, with_available_dataset
     from normbench.job import cell_dir, run_cell
 
     if any("," in a.split("=", 1)[-1] and not a.split("=", 1)[-1].startswith("[") for a in args):
         raise UserError(
             f"{command} takes one cell; comma-separated values sweep: use `normbench sweep`"
         )
+    args = with_available_dataset(args)
     cfg = compose(args)
     return run_cell(cfg, args, start=start), cell_dir(as_config(cfg), args)
 
@@ -82,11 +83,12 @@ def _cmd_prepare(args: list[str]) -> int:
 
 def _cmd_sweep(args: list[str]) -> int:
     from normbench import sweep
-    from normbench.hydra_app import expand_sweep, multirun
+    from normbench.hydra_app import expand_sweep, multirun, with_available_dataset
     from normbench.logs import SWEEP_KEYS_ENV
     from normbench.report import build_report, format_report
     from normbench.track import rundir
 
+    args = with_available_dataset(args)
     planned = sweep.plan(expand_sweep(args))
     folders = sweep.folders(planned)  # one per experiment: model=a,b sweeps two
     for folder in folders:

@@ -131,3 +131,29 @@ def multirun(overrides: list[str], total: int) -> None:
 
 def sweep_dir(cfg: DictConfig) -> Path:
     return Path(cfg.out_dir) / cfg.name
+
+
+def with_available_dataset(overrides: list[str]) -> list[str]:
+    """The overrides, plus ``dataset=synthetic`` where the default real-image dataset cannot be
+    read here and the command did not name a dataset; that switch is said in one line.
+
+    The mini reproduction's data are Fashion-MNIST (real images); a fresh offline machine
+    without it still runs, on the embedded synthetic set, and says so, never silently.
+    """
+    from normbench.data import fashion_mnist
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if any(o.get_key_element().lstrip("+~") == "dataset" for o in parsed):
+        return overrides
+    cfg = compose([o.input_line for o in parsed if not o.is_sweep_override()])
+    dataset = cfg.dataset
+    if dataset.name != "fashion_mnist" or dataset.download or fashion_mnist.available(dataset.root):
+        return overrides
+    looked = ", ".join(str(d) for d in fashion_mnist.candidate_dirs(dataset.root))
+    print(
+        f"normbench: Fashion-MNIST not found ({looked}): using the embedded synthetic dataset "
+        "instead (apt-get install dataset-fashion-mnist, dataset.root=DIR, NORMBENCH_DATA=DIR, "
+        "or dataset.download=true on a machine with internet)",
+        file=sys.stderr,
+    )
+    return [*overrides, "dataset=synthetic"]

@@ -12,6 +12,7 @@ import pytest
 # A cell small enough to train in seconds on 2 CPU cores; every test states what it changes.
 TINY = [
     "logger=none",
+    "dataset=synthetic",
     "model=resnet8",
     "model.width=8",
     "norm.groups=4",

@@ -217,6 +217,13 @@ def check_dataset(name: str, root: str | None, *, download: bool = False) -> Non
         raise UserError(f"unknown dataset '{name}' (allowed: {', '.join(sorted(_BUILDERS))})")
     if name == "synthetic":
         return
+    if name == "fashion_mnist":
+        from normbench.data import fashion_mnist
+
+        if download and not fashion_mnist.available(root):
+            fashion_mnist.download(root)
+        fashion_mnist.find_files(root)  # the places it looked, in one line, if still missing
+        return
     if root is None and name != "imagenet":
         return
     folder = Path(root or os.path.join(default_root(), "imagenet"))

@@ -1,8 +1,9 @@
 """Fashion-MNIST from its IDX files (gzipped or not), parsed with numpy.
 
 Looked for, in order: the ``root`` argument (and root/fashion-mnist, root/FashionMNIST/raw),
-$NORMBENCH_DATA (and $NORMBENCH_DATA/fashion-mnist), then /usr/share/datasets/fashion-mnist
-(the Debian package ``dataset-fashion-mnist``).
+$NORMBENCH_DATA (and $NORMBENCH_DATA/fashion-mnist), /usr/share/datasets/fashion-mnist (the
+Debian package ``dataset-fashion-mnist``), then the cache folder that :func:`download` fills
+(``dataset.download=true``, torchvision's downloader, on a machine with internet).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ IMAGE_SIZE = 28
 MEAN = (0.2860,)
 STD = (0.3530,)
 SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "normbench"
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -39,8 +41,30 @@ def candidate_dirs(root: str | None) -> list[Path]:
     env = os.environ.get("NORMBENCH_DATA")
     if env:
         dirs += [Path(env), Path(env) / "fashion-mnist"]
-    dirs.append(Path(SYSTEM_DIR))
+    dirs += [Path(SYSTEM_DIR), CACHE_DIR / "FashionMNIST" / "raw"]
     return dirs
+
+
+def available(root: str | None) -> bool:
+    """Whether the four IDX files can be found (see :func:`find_files`)."""
+    try:
+        find_files(root)
+    except UserError:
+        return False
+    return True
+
+
+def download(root: str | None) -> None:
+    """Fetch the IDX files with torchvision into ``root`` (default: the cache folder), where
+    :func:`find_files` looks; one UserError line when that fails (e.g. no internet)."""
+    from torchvision.datasets import FashionMNIST
+
+    target = Path(root) if root else CACHE_DIR
+    try:
+        FashionMNIST(str(target), train=True, download=True)
+    except (OSError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise UserError(f"could not download Fashion-MNIST into {target}: {first}") from None
 
 
 def _find(directory: Path, stem: str) -> Path | None:
