@@ -10,6 +10,9 @@ from normbench.norms.batch import (
     BatchNorm2d,
     PerGPUStatistics,
     SyncBatchNorm2d,
+    alt_running_stats,
+    load_alt_running_stats,
+    running_stats_of,
     set_emulated_gpus,
     sync_running_stats,
 )
@@ -37,10 +40,13 @@ __all__ = [
     "PerGPUStatistics",
     "SyncBatchNorm2d",
     "WSConv2d",
+    "alt_running_stats",
     "build_norm",
     "convert_to_ws",
     "get_norm_spec",
     "list_norms",
+    "load_alt_running_stats",
+    "running_stats_of",
     "set_emulated_gpus",
     "sync_running_stats",
 ]

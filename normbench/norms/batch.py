@@ -280,9 +280,7 @@ def running_stats_of(model: nn.Module, mode: str) -> Iterator[None]:
     or "first") instead of their own ``eval_stats``; restored on exit. Other norms unchanged."""
     if mode not in EVAL_STATS:
         raise ValueError(f"mode must be one of {EVAL_STATS}, got {mode!r}")
-    swapped = [
-        m for m in model.modules() if isinstance(m, BatchNorm2d) and m.eval_stats != mode
-    ]
+    swapped = [m for m in model.modules() if isinstance(m, BatchNorm2d) and m.eval_stats != mode]
     for module in swapped:
         _swap_chains(module)
     try:
