@@ -424,3 +424,21 @@ def test_skipped_images_are_counted_once_over_workers_and_ranks_and_reported(tmp
     assert f"images skipped (trained and evaluated without them): {metrics.parent.name}: 2" in (
         report.stdout
     )
+
+
+def test_the_default_real_images_fall_back_to_synthetic_in_one_line(tmp_path, monkeypatch, capsys):
+    from normbench.hydra_app import with_available_dataset
+
+    monkeypatch.delenv("NORMBENCH_DATA", raising=False)
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", str(tmp_path / "system"))
+    monkeypatch.setattr(fashion_mnist, "CACHE_DIR", tmp_path / "cache")
+    args = ["norm=bn,gn", "batch=4"]
+    assert with_available_dataset(args) == [*args, "dataset=synthetic"]
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "Fashion-MNIST not found" in said[0] and "synthetic" in said[0]
+    # A dataset the command names is never replaced, nor is one found where it is looked for.
+    assert with_available_dataset(["dataset=fashion_mnist"]) == ["dataset=fashion_mnist"]
+    _write_fashion(tmp_path / "data", gz=True)
+    monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path / "data"))
+    assert with_available_dataset(args) == args
+    assert capsys.readouterr().err == ""

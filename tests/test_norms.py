@@ -27,6 +27,7 @@ from normbench.norms import (
     convert_to_ws,
     get_norm_spec,
     list_norms,
+    running_stats_of,
     set_emulated_gpus,
     sync_running_stats,
 )
@@ -135,10 +136,19 @@ def test_emulated_bn_equals_separate_bn_per_interleaved_chunk(eval_stats, layout
         close(gp["bias"], ref_gp["bias"])
         if layout == "channels_last":
             assert out.is_contiguous(memory_format=torch.channels_last)
-    pick = (lambda t: t.mean(0)) if eval_stats == "average" else (lambda t: t[0])
-    close(ours.running_mean, pick(torch.stack([r.running_mean for r in refs])))
-    close(ours.running_var, pick(torch.stack([r.running_var for r in refs])))
+    pick = {"average": lambda t: t.mean(0), "first": lambda t: t[0]}
+    ref_mean = torch.stack([r.running_mean for r in refs])
+    ref_var = torch.stack([r.running_var for r in refs])
+    close(ours.running_mean, pick[eval_stats](ref_mean))
+    close(ours.running_var, pick[eval_stats](ref_var))
     assert int(ours.num_batches_tracked) == 3
+    # The other mode's moving averages are kept too (BN diagnostics), and can be swapped in.
+    other = "first" if eval_stats == "average" else "average"
+    close(ours.alt_running_mean, pick[other](ref_mean))
+    close(ours.alt_running_var, pick[other](ref_var))
+    with running_stats_of(ours, other):
+        close(ours.running_var, pick[other](ref_var))
+    close(ours.running_var, pick[eval_stats](ref_var))
 
     ours.eval()
     ref = nn.BatchNorm2d(4).to(DT).eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from pathlib import Path
@@ -346,3 +347,44 @@ def test_number_frame_with_a_single_column_keeps_signs() -> None:
     frame = pd.DataFrame({"bn": [12.345, -0.5]}, index=["ours", "vs BN"])
     text = format_number_frame(frame, signed_rows=["vs BN"])
     assert text.loc["ours", "bn"] == "12.35" and text.loc["vs BN", "bn"] == "-0.50"
+
+
+def _with_diagnostics(cell: Path, **errors: float) -> None:
+    metrics = json.loads((cell / "metrics.json").read_text())
+    metrics.update({f"val_error_{mode}": value for mode, value in errors.items()})
+    metrics.update(bn_eval_stats="first", diagnostics_time_s=1.0)
+    (cell / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_bn_diagnostics_table_splits_the_penalty_and_is_written(tmp_path: Path) -> None:
+    from normbench.report import diagnostics
+
+    sweep = tmp_path / "diag"
+    for seed, shift in ((0, 0.0), (1, 1.0)):
+        for batch, first, batch_stats in ((32, 10.0, 9.5), (2, 20.0, 12.0)):
+            cell = write_cell(sweep, {"norm": "bn", "batch": batch, "seed": seed}, first)
+            _with_diagnostics(cell, ema_average=first + 1 + shift, ema_first=first + shift,
+                              precise=batch_stats + 0.5 + shift, batch=batch_stats + shift)  # fmt: skip
+        for batch in (32, 2):
+            write_cell(sweep, {"norm": "gn", "batch": batch, "seed": seed}, 11.0 + shift)
+    mean, std = diagnostics.diagnostics_table(collect_runs(sweep))
+    assert list(mean.columns) == [32, 2]
+    assert mean.at["BN ema_first", 2] == pytest.approx(20.5)
+    assert std.at["BN ema_first", 2] == pytest.approx(0.7071, abs=1e-4)
+    assert mean.at["BN batch", 32] == pytest.approx(10.0)
+    # headline (eval_stats=first) minus batch statistics: 8 points at 2 per GPU, 0.5 at 32
+    assert mean.at[f"BN {diagnostics.EVAL_COST_ROW}", 2] == pytest.approx(8.0)
+    assert mean.at[f"BN {diagnostics.EVAL_COST_ROW}", 32] == pytest.approx(0.5)
+    # GN has no batch statistics: its final-epoch error (history's last value) stands beside
+    assert mean.at["GN (final epoch)", 32] == pytest.approx(11.0 - 0.5 + 0.5)
+
+    report = build_report(sweep)
+    names = {p.name for p in report.paths}
+    assert {"diagnostics.csv", "bn_diagnostics.png"} <= names
+    text = (sweep / "report" / "report.md").read_text()
+    assert "Where BN's small-batch penalty comes from" in text and "+8.00" in text
+    assert "BN diagnostics" in format_report(report)
+
+
+def test_a_sweep_without_diagnostics_has_no_diagnostics_section(batch_report) -> None:
+    assert not any(p.name == "diagnostics.csv" for p in batch_report.paths)

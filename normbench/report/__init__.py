@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from normbench.report import diagnostics
 from normbench.report.collect import collect_runs, median_last, read_history
 from normbench.report.plots import figure_png, plot_sweep, plot_training_curves
 from normbench.report.tables import (
@@ -189,6 +190,7 @@ def render_markdown(report: Report, images: dict[str, str], curves: dict[str, st
     problems = _problem_lines(cells)
     if problems:
         out += ["## Cells that did not finish", "", *(f"- `{p}`" for p in problems), ""]
+    out += _diagnostics_markdown(cells, images)
     for table in report.tables:
         out += [f"## {table.title}", ""]
         for name, frame in _table_texts(table).items():
@@ -204,6 +206,29 @@ def render_markdown(report: Report, images: dict[str, str], curves: dict[str, st
     return "\n".join(out)
 
 
+def _diagnostics_markdown(cells: pd.DataFrame, images: dict[str, str]) -> list[str]:
+    found = diagnostics.diagnostics_table(cells)
+    if found is None:
+        return []
+    out = [
+        "## Where BN's small-batch penalty comes from (BN diagnostics)",
+        "",
+        "Val error (%) of each cell's final weights, evaluated with each kind of BN statistics: "
+        + "; ".join(f"`{m}`: {label}" for m, label in diagnostics.MODE_LABELS.items())
+        + ". The eval-statistics row is the part of BN's error the test-time statistics add "
+        "(headline mode minus batch statistics); what remains at small batches against GN is "
+        "what training at that batch size learned.",
+        "",
+        markdown_table(diagnostics.display_frame(*found), "images per GPU"),
+        "",
+    ]
+    cost = diagnostics.cost_line(cells)
+    out += [f"{cost[0].upper()}{cost[1:]}.", ""] if cost else []
+    if "diagnostics" in images:
+        out += [f"![BN diagnostics]({images['diagnostics']})", ""]
+    return out
+
+
 def format_report(report: Report) -> str:
     """A plain-text summary of a report for the terminal."""
     cells = report.cells
@@ -213,6 +238,11 @@ def format_report(report: Report) -> str:
         *_skipped_line(cells),
         *_problem_lines(cells),
     ]
+    found = diagnostics.diagnostics_table(cells)
+    if found is not None:
+        frame = diagnostics.display_frame(*found).rename_axis(columns="images per GPU")
+        lines += ["", "BN diagnostics: val error of the final weights by evaluation statistics",
+                  frame.to_string(na_rep="")]  # fmt: skip
     for table in report.tables:
         lines += ["", table.title]
         for name, frame in _table_texts(table).items():
@@ -254,6 +284,14 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None, metric: str | Non
             png = figure_png(plot_sweep(table, METRICS[metric]))
             paths.append(write_atomic(out_dir / name, png))
             images[table.key] = name
+    found = diagnostics.diagnostics_table(cells)
+    if found is not None:
+        mean, std = found
+        csv = pd.concat({"mean": mean, "std": std}).to_csv().encode()
+        paths.append(write_atomic(out_dir / "diagnostics.csv", csv))
+        png = figure_png(diagnostics.plot_diagnostics(mean, std))
+        paths.append(write_atomic(out_dir / "bn_diagnostics.png", png))
+        images["diagnostics"] = "bn_diagnostics.png"
     zoo = zoo_figures(tables, METRICS[metric])  # empty unless the sweep is a norm zoo
     paths += [write_atomic(out_dir / name, png) for name, (_, png) in zoo.items()]
     curves: dict[str, str] = {}

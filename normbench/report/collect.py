@@ -24,13 +24,19 @@ from normbench.errors import UserError
 CELL_FILES = ("metrics.json", "config.yaml", "history.csv")
 STATUSES = ("finished", "diverged", "failed", "unfinished")
 ERROR_FIELDS = ("val_error_final", "val_error_best", "val_error_median5")
+# The BN diagnostics (normbench.train.diagnostics): final weights, four evaluation modes.
+DIAGNOSTIC_FIELDS = (
+    "val_error_ema_average", "val_error_ema_first", "val_error_precise", "val_error_batch",
+    "diagnostics_time_s",
+)  # fmt: skip
 
 # One row per cell, in this column order (metrics.json fields, plus epochs_done and path).
 CELL_COLUMNS = [
     "cell", "status", "experiment", "model", "dataset", "norm", "norm_label", "groups",
     "group_size", "batch", "gpus", "total_batch", "devices", "seed", "epochs", "epochs_done",
     "steps", "lr", "bn_eval_stats", "metric", *ERROR_FIELDS, "train_error_final", "wall_time_s",
-    "images_per_s", "peak_mem_mb", "skipped_images", "diverged_at_step", "error", "command",
+    "images_per_s", "peak_mem_mb", *DIAGNOSTIC_FIELDS, "skipped_images", "diverged_at_step",
+    "error", "command",
     "host", "git_commit",
     "versions", "finished_at", "path",
 ]  # fmt: skip
@@ -40,6 +46,7 @@ INT_COLUMNS = [
 ]  # fmt: skip
 FLOAT_COLUMNS = [
     "lr", *ERROR_FIELDS, "train_error_final", "wall_time_s", "images_per_s", "peak_mem_mb",
+    *DIAGNOSTIC_FIELDS,
 ]  # fmt: skip
 
 

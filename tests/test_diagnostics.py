@@ -1,0 +1,142 @@
+"""BN diagnostics: each evaluation mode against a computation written from its definition."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from normbench.norms import BatchNorm2d, set_emulated_gpus
+from normbench.train.diagnostics import bn_diagnostics, per_gpu_batches
+from normbench.train.distributed import DistEnv
+from normbench.train.loader import ValSampler
+
+ENV = DistEnv(0, 1, 0, torch.device("cpu"), "gloo")
+CHUNKS, BATCH = 2, 3
+
+
+class Probe(nn.Module):
+    """conv -> per-GPU BN -> pooled linear head; keeps the inputs of its last forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = BatchNorm2d(4, momentum=0.3, eval_stats="first")
+        self.head = nn.Linear(4, 3)
+        self.bn.weight.data.uniform_(0.5, 1.5)
+        self.bn.bias.data.uniform_(-0.5, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def _data(n: int, seed: int) -> TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 1, 5, 5, generator=generator) * 2 + 1,
+                         torch.randint(0, 3, (n,), generator=generator))  # fmt: skip
+
+
+def _trained_probe() -> Probe:
+    model = Probe()
+    set_emulated_gpus(model, CHUNKS)
+    model.train()
+    with torch.no_grad():
+        for images, _ in DataLoader(_data(24, 1), batch_size=BATCH * CHUNKS):
+            model(images)
+    return model.eval()
+
+
+def _error(model: nn.Module, loader) -> float:
+    model.eval()
+    with torch.no_grad():
+        wrong = sum(int((model(x).argmax(1) != y).sum()) for x, y in loader)
+    return 100.0 * wrong / len(loader.dataset)
+
+
+def _run(model: Probe, train: TensorDataset, val: TensorDataset, batches: int, calls: list):
+    def evaluate(m, loader):  # record the statistics each evaluation used
+        calls.append((m.bn.running_mean.clone(), m.bn.running_var.clone()))
+        return _error(m, loader)
+
+    val_loader = DataLoader(val, batch_size=BATCH * CHUNKS,
+                            sampler=ValSampler(len(val), num_replicas=1, rank=0))  # fmt: skip
+    return bn_diagnostics(
+        model, train_loader=DataLoader(train, batch_size=BATCH * CHUNKS), val_loader=val_loader,
+        evaluate=evaluate, batch=BATCH, chunks=CHUNKS, precise_batches=batches, env=ENV,
+    )  # fmt: skip
+
+
+def test_each_mode_uses_the_statistics_it_names_and_the_model_is_left_as_it_was():
+    model = _trained_probe()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    alt = (model.bn.alt_running_mean.clone(), model.bn.alt_running_var.clone())
+    train, val = _data(18, 2), _data(10, 3)
+    calls: list = []
+    errors = _run(model, train, val, batches=2, calls=calls)
+    assert set(errors) == {"ema_average", "ema_first", "precise", "batch", "seconds"}
+
+    (avg_mean, _), (first_mean, _), (precise_mean, precise_var) = calls
+    torch.testing.assert_close(avg_mean, alt[0])  # eval_stats=first: "average" is the alt chain
+    torch.testing.assert_close(first_mean, before["bn.running_mean"])
+
+    # PreciseBN: population mean and (unbiased) variance of the BN's inputs over the first two
+    # training batches (12 images; the conv before it has no batch statistics).
+    with torch.no_grad():
+        inputs = model.conv(train.tensors[0][:12])
+    torch.testing.assert_close(precise_mean, inputs.mean((0, 2, 3)))
+    torch.testing.assert_close(precise_var, inputs.var((0, 2, 3), unbiased=True))
+
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)
+    assert model.bn.chunks == CHUNKS and not model.training
+
+
+def test_batch_mode_normalizes_each_gpus_val_batch_by_its_own_statistics():
+    model = _trained_probe()
+    val = _data(10, 3)
+    errors = _run(model, _data(12, 2), val, batches=1, calls=[])
+    # By hand: GPU j's share is positions j, j + 2, ...; batches of 3 from it (the last smaller).
+    reference = Probe()
+    reference.load_state_dict(model.state_dict())
+    reference.train()
+    wrong = 0
+    with torch.no_grad():
+        for indices in per_gpu_batches(list(range(10)), BATCH, CHUNKS):
+            x, y = val.tensors[0][indices], val.tensors[1][indices]
+            wrong += int((reference(x).argmax(1) != y).sum())
+    assert errors["batch"] == pytest.approx(100.0 * wrong / 10)
+
+
+def test_per_gpu_batches_interleave_the_gpus_like_training():
+    assert per_gpu_batches(list(range(10)), 3, 2) == [[0, 2, 4], [6, 8], [1, 3, 5], [7, 9]]
+    assert per_gpu_batches([5, 7, 9], 2, 1) == [[5, 7], [9]]
+
+
+def test_a_bn_cell_records_every_mode_and_its_headline_and_the_option_turns_it_off(tmp_path, tiny):
+    common = [*tiny, "norm=bn", "norm.eval_stats=first"]
+    for enabled in ("true", "false"):
+        out = tmp_path / enabled
+        result = run_cli(["train", *common, f"diagnostics.enabled={enabled}", f"out_dir={out}"],
+                         cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        metrics = json.loads(next(out.glob("*/*/metrics.json")).read_text())
+        if enabled == "true":
+            modes = ("ema_average", "ema_first", "precise", "batch")
+            assert all(0 <= metrics[f"val_error_{m}"] <= 100 for m in modes)
+            # The headline is the eval_stats mode, measured on the same final weights.
+            assert metrics["val_error_ema_first"] == metrics["val_error_final"]
+            assert metrics["bn_eval_stats"] == "first" and metrics["diagnostics_time_s"] > 0
+        else:
+            assert "val_error_precise" not in metrics
+
+
+def test_batch_free_norms_have_no_diagnostics(tmp_path, tiny):
+    result = run_cli(["train", *tiny, "norm=gn", f"out_dir={tmp_path}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(next(tmp_path.glob("*/*/metrics.json")).read_text())
+    assert "val_error_batch" not in metrics
