@@ -82,6 +82,28 @@ class Progress:
     last_lr: float = 0.0
 
 
+@dataclass
+class EpochSums:
+    """This rank's running statistics of an epoch, kept on the device (no host sync per step)."""
+
+    sums: torch.Tensor  # loss sum, errors, count over the epoch
+    window: torch.Tensor  # loss sum, count since the last log line
+    first_bad: torch.Tensor  # the first step whose loss was NaN or inf; -1: none yet
+    world_size: int
+    images: int = 0  # over all ranks
+
+    def add(
+        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, step: int
+    ) -> None:
+        loss = loss.detach().float()
+        bad = ~torch.isfinite(loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, step, self.first_bad)
+        n = loss.new_tensor(labels.numel())
+        self.sums += torch.stack([loss * n, (logits.detach().argmax(1) != labels).sum(), n])
+        self.window += torch.stack([loss * n, n])
+        self.images += labels.numel() * self.world_size
+
+
 def load_config(run_dir: Path) -> Config:
     return as_config(OmegaConf.load(run_dir / rundir.CONFIG))
 
@@ -258,18 +280,9 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------
 
     def train_epoch(self, tracker, guard: PreemptionGuard) -> dict[str, float]:
+        """One epoch, or the rest of one after a mid-epoch resume."""
         cfg, env, p = self.cfg, self.env, self.progress
-        self.net.train()
-        self.sampler.set_position(p.epoch, p.batch_in_epoch * self.train_loader.batch_size)
-        if hasattr(self.data.train, "set_epoch"):
-            self.data.train.set_epoch(p.epoch)
-        # This rank's loss sum, errors, count over the epoch, and loss sum, count since the last
-        # log line: carried over from a checkpoint taken mid-epoch, so a resumed epoch reports
-        # (and logs) exactly what an uninterrupted one would.
-        sums = self._carried(p.partial_sums, 3)
-        window = self._carried(p.partial_window, 2)
-        first_bad = torch.full((), -1, dtype=torch.long, device=env.device)
-        start, images = time.perf_counter(), 0
+        sums = self._begin_epoch()
         for batch in self.train_loader:
             x, y = to_device(batch, env.device, cfg.channels_last)
             with _autocast(cfg, env.device):
@@ -283,51 +296,75 @@ class Trainer:
             self.scheduler.step()
             p.step += 1
             p.batch_in_epoch += 1
-            images += y.numel() * env.world_size
-
-            # Statistics stay on the device: no host sync in the hot path.
-            loss = loss.detach().float()
-            first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), p.step, first_bad)
-            n = loss.new_tensor(y.numel())
-            sums += torch.stack([loss * n, (logits.detach().argmax(1) != y).sum(), n])
-            window += torch.stack([loss * n, n])
-
+            sums.add(loss, logits, y, p.step)
             last_batch = p.batch_in_epoch == self.steps_per_epoch
-            stop = False
-            if p.step % cfg.log_every_steps == 0 or last_batch:
-                self._check_divergence(first_bad)
-                stop = self._preempted(guard)
-                loss_sum, count = all_reduce_sum(window, env).tolist()
-                window.zero_()
-                epoch = p.epoch + p.batch_in_epoch / self.steps_per_epoch
-                p.steps.append({"step": p.step, "epoch": epoch, "train_loss": loss_sum / count,
-                                "lr": lr})  # fmt: skip
-                tracker.log({"train/loss": loss_sum / count, "lr": lr, "epoch": epoch}, p.step)
-                self.bar.update(p.batch_in_epoch, loss_sum / count)
-            if env.world_size == 1:
-                stop = guard.requested  # alone: no need to agree with anyone, stop at once
-            periodic = cfg.checkpoint_every_steps and p.step % cfg.checkpoint_every_steps == 0
-            # Every rank takes this branch at the same step (the collectives inside need it).
-            if (periodic or stop) and not last_batch:
-                self._check_divergence(first_bad)  # a diverged state is a result, not a resume
-                self._sync_time(start)
-                start = time.perf_counter()
-                gathered = self._gather(torch.cat([sums, window]))
-                p.partial_sums = [row[:3] for row in gathered]
-                p.partial_window = [row[3:] for row in gathered]
-                self.save()
-                if stop:
-                    self._exit_preempted(guard)
+            self._after_step(sums, lr, last_batch, tracker, guard)
             if last_batch:
                 break
-        self._sync_time(start)
+        return self._end_epoch(sums, lr)
+
+    def _begin_epoch(self) -> EpochSums:
+        p = self.progress
+        self.net.train()
+        self.sampler.set_position(p.epoch, p.batch_in_epoch * self.train_loader.batch_size)
+        if hasattr(self.data.train, "set_epoch"):
+            self.data.train.set_epoch(p.epoch)
+        self._lap_start = time.perf_counter()
+        # Carried over from a checkpoint taken mid-epoch, so a resumed epoch reports (and logs)
+        # exactly what an uninterrupted one would.
+        return EpochSums(
+            sums=self._carried(p.partial_sums, 3),
+            window=self._carried(p.partial_window, 2),
+            first_bad=torch.full((), -1, dtype=torch.long, device=self.env.device),
+            world_size=self.env.world_size,
+        )
+
+    def _after_step(
+        self, sums: EpochSums, lr: float, last_batch: bool, tracker, guard: PreemptionGuard
+    ) -> None:
+        """At intervals: a log line every log_every_steps (after the divergence check, with the
+        ranks' agreement on preemption), a mid-epoch checkpoint every checkpoint_every_steps or
+        on preemption. Every rank takes the same branches at the same step (the collectives
+        inside need it)."""
+        cfg, p = self.cfg, self.progress
+        stop = False
+        if p.step % cfg.log_every_steps == 0 or last_batch:
+            self._check_divergence(sums.first_bad)
+            stop = self._preempted(guard)
+            self._log_window(sums, lr, tracker)
+        if self.env.world_size == 1:
+            stop = guard.requested  # alone: no need to agree with anyone, stop at once
+        periodic = cfg.checkpoint_every_steps and p.step % cfg.checkpoint_every_steps == 0
+        if (periodic or stop) and not last_batch:
+            self._check_divergence(sums.first_bad)  # a diverged state is a result, not a resume
+            self._sync_time()
+            gathered = self._gather(torch.cat([sums.sums, sums.window]))
+            p.partial_sums = [row[:3] for row in gathered]
+            p.partial_window = [row[3:] for row in gathered]
+            self.save()
+            if stop:
+                self._exit_preempted(guard)
+
+    def _log_window(self, sums: EpochSums, lr: float, tracker) -> None:
+        """The mean train loss over all ranks since the last log line: steps.csv, W&B, the bar."""
+        p = self.progress
+        loss_sum, count = all_reduce_sum(sums.window, self.env).tolist()
+        sums.window.zero_()
+        epoch = p.epoch + p.batch_in_epoch / self.steps_per_epoch
+        p.steps.append({"step": p.step, "epoch": epoch, "train_loss": loss_sum / count, "lr": lr})
+        tracker.log({"train/loss": loss_sum / count, "lr": lr, "epoch": epoch}, p.step)
+        self.bar.update(p.batch_in_epoch, loss_sum / count)
+
+    def _end_epoch(self, sums: EpochSums, lr: float) -> dict[str, float]:
+        p = self.progress
+        self._sync_time()
         p.partial_sums = p.partial_window = None
         p.last_lr = lr
-        loss_sum, errors, count = all_reduce_sum(sums, env).tolist()
+        loss_sum, errors, count = all_reduce_sum(sums.sums, self.env).tolist()
         return {
             "train_loss": loss_sum / count,
             "train_error": 100.0 * errors / count,
-            "images": images,
+            "images": sums.images,
         }
 
     def _carried(self, saved: list[list[float]] | None, size: int) -> torch.Tensor:
@@ -358,8 +395,11 @@ class Trainer:
         torch.distributed.all_gather(gathered, sums)
         return [t.tolist() for t in gathered]
 
-    def _sync_time(self, start: float) -> None:
-        self.progress.train_time += time.perf_counter() - start
+    def _sync_time(self) -> None:
+        """Add the time since the epoch began, or since the last call, to the training time."""
+        now = time.perf_counter()
+        self.progress.train_time += now - self._lap_start
+        self._lap_start = now
 
     def _check_divergence(self, first_bad: torch.Tensor) -> None:
         """Stop every rank at the first step any rank's loss was NaN or inf (a collective)."""
