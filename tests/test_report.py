@@ -388,3 +388,20 @@ def test_bn_diagnostics_table_splits_the_penalty_and_is_written(tmp_path: Path) 
 
 def test_a_sweep_without_diagnostics_has_no_diagnostics_section(batch_report) -> None:
     assert not any(p.name == "diagnostics.csv" for p in batch_report.paths)
+
+
+def test_bn_penalty_beyond_gn_is_paired_by_seed(tmp_path: Path) -> None:
+    from normbench.report import diagnostics
+
+    sweep = tmp_path / "paired"
+    # seed s: BN 10 -> 14 + s, GN 11 -> 11 + s/2: penalties 4, 4.5, 5
+    for seed in range(3):
+        for norm, high, low in (("bn", 10.0, 14.0 + seed), ("gn", 11.0, 11.0 + seed / 2)):
+            write_cell(sweep, {"norm": norm, "batch": 32, "seed": seed}, high)
+            write_cell(sweep, {"norm": norm, "batch": 2, "seed": seed}, low)
+    mean, error, n, high, low = diagnostics.paired_penalty(collect_runs(sweep), "val_error_median5")
+    assert (mean, n, high, low) == (pytest.approx(4.5), 3, 32, 2)
+    assert error == pytest.approx(0.5 / math.sqrt(3))
+    assert "+4.50 +- 0.29 (standard error over 3 seeds, 15.6 standard errors)" in (
+        diagnostics.penalty_line(collect_runs(sweep), "val_error_median5")
+    )

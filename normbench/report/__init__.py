@@ -190,6 +190,8 @@ def render_markdown(report: Report, images: dict[str, str], curves: dict[str, st
     problems = _problem_lines(cells)
     if problems:
         out += ["## Cells that did not finish", "", *(f"- `{p}`" for p in problems), ""]
+    penalty = diagnostics.penalty_line(cells, report.metric)
+    out += [f"{penalty}.", ""] if penalty else []
     out += _diagnostics_markdown(cells, images)
     for table in report.tables:
         out += [f"## {table.title}", ""]
@@ -238,6 +240,8 @@ def format_report(report: Report) -> str:
         *_skipped_line(cells),
         *_problem_lines(cells),
     ]
+    penalty = diagnostics.penalty_line(cells, report.metric)
+    lines += [penalty] if penalty else []
     found = diagnostics.diagnostics_table(cells)
     if found is not None:
         frame = diagnostics.display_frame(*found).rename_axis(columns="images per GPU")
