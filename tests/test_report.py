@@ -363,8 +363,13 @@ def test_bn_diagnostics_table_splits_the_penalty_and_is_written(tmp_path: Path) 
     for seed, shift in ((0, 0.0), (1, 1.0)):
         for batch, first, batch_stats in ((32, 10.0, 9.5), (2, 20.0, 12.0)):
             cell = write_cell(sweep, {"norm": "bn", "batch": batch, "seed": seed}, first)
-            _with_diagnostics(cell, ema_average=first + 1 + shift, ema_first=first + shift,
-                              precise=batch_stats + 0.5 + shift, batch=batch_stats + shift)  # fmt: skip
+            _with_diagnostics(
+                cell,
+                ema_average=first + 1 + shift,
+                ema_first=first + shift,
+                precise=batch_stats + 0.5 + shift,
+                batch=batch_stats + shift,
+            )
         for batch in (32, 2):
             write_cell(sweep, {"norm": "gn", "batch": batch, "seed": seed}, 11.0 + shift)
     mean, std = diagnostics.diagnostics_table(collect_runs(sweep))
