@@ -18,6 +18,9 @@ SWEEP_ENV = "NORMBENCH_SWEEP_TOTAL"
 SWEEP_KEYS_ENV = "NORMBENCH_SWEEP_KEYS"
 # Set by a sweep's job for the workers it starts: the label their console lines start with.
 CELL_LABEL_ENV = "NORMBENCH_CELL_LABEL"
+# Set by a sweep that shows a live view of its cells on a terminal: their console then gets only
+# warnings and errors (the view shows their progress; train.log keeps every line).
+LIVE_ENV = "NORMBENCH_LIVE_VIEW"
 
 
 def in_sweep() -> bool:
@@ -53,6 +56,8 @@ def setup_logging(
     console = logging.StreamHandler(sys.stdout)
     tags = " ".join(tag for tag in (cell, f"rank {rank}" if rank else None) if tag)
     console.setFormatter(logging.Formatter(f"[{tags}] %(message)s" if tags else "%(message)s"))
+    if cell is not None and LIVE_ENV in os.environ:
+        console.setLevel(logging.WARNING)
     logger.addHandler(console)
     if log_file is not None:
         file_handler = logging.FileHandler(log_file)

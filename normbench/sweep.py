@@ -4,22 +4,30 @@ what came of each.
 The parent process plans the sweep (every cell composed, checked and costed before any runs),
 hands Hydra the grid with the costliest cells first, watches the cells' run directories while
 the launcher runs them, and ends with one summary. Cells write only their own run directories,
-so everything here is read from disk and works alike for every launcher.
+so everything here is read from disk and works alike for every launcher. On a terminal the
+progress is a live table of the cells; on a pipe (a log file, CI) it is plain lines.
 """
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 import re
+import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.table import Table
+
 from normbench.config import Config, as_config, validate
 from normbench.errors import UserError
+from normbench.logs import LIVE_ENV, cell_label
 from normbench.track import rundir
+from normbench.track.environment import JOB
 
 # A CPU spends per image a fixed time plus a share of a per-chunk time (each chunk of `batch`
 # images pays its own norm statistics and kernel launches): in results/synthetic-batch a cell
@@ -128,12 +136,13 @@ def cell_state(cell: PlannedCell, since: float) -> str:
     return status if status in ("finished", "diverged", "failed") else "unfinished"
 
 
-def _epochs_done(run_dir: Path) -> int:
+def _history(run_dir: Path) -> list[dict[str, str]]:
+    """The cell's epochs so far (history.csv is replaced whole, never seen half-written)."""
     try:
         with open(run_dir / rundir.HISTORY) as f:
-            return max(sum(1 for _ in f) - 1, 0)  # less the header
+            return list(csv.DictReader(f))
     except FileNotFoundError:
-        return 0
+        return []
 
 
 def _duration(seconds: float) -> str:
@@ -145,28 +154,46 @@ def _duration(seconds: float) -> str:
 
 
 class Watch:
-    """While the launcher runs the cells: a line ``[sweep] 3/10 cells done, about 4.2 min left``
-    each time a cell ends and at least every PROGRESS_EVERY_S, from the run directories.
+    """While the launcher runs the cells, from the run directories: on a pipe a line
+    ``[sweep] 3/10 cells done, about 4.2 min left`` each time a cell ends and at least every
+    PROGRESS_EVERY_S; on a terminal (``live``) a table of the cells (state, epoch, last val
+    error, images/s) under that line, redrawn every second, the cells printing only warnings.
 
     The estimate weighs each cell's epochs done by its estimated cost and extrapolates the
     sweep's own pace since it began, so cells run in parallel are accounted for.
     """
 
-    def __init__(self, planned: list[PlannedCell], every_s: float = PROGRESS_EVERY_S) -> None:
+    def __init__(
+        self,
+        planned: list[PlannedCell],
+        every_s: float = PROGRESS_EVERY_S,
+        live: bool | None = None,
+    ) -> None:
         self.planned, self.every_s = planned, every_s
+        self.live = sys.stdout.isatty() if live is None else live
         self.started = time.time()
+        self._start_fraction = self.fraction()  # a resumed cell's epochs are not this sweep's
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sweep-progress", daemon=True)
+        self._view = None
 
     def __enter__(self) -> Watch:
-        self.started = time.time()
-        self._start_fraction = self.fraction()
+        if self.live:
+            from rich.live import Live
+
+            os.environ[LIVE_ENV] = "1"  # launchers hand it to the cells
+            self._view = Live(self.table(), auto_refresh=False)
+            self._view.start()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        if self._view is not None:
+            self._view.update(self.table(), refresh=True)  # the final state stays on screen
+            self._view.stop()
+            del os.environ[LIVE_ENV]
 
     def states(self) -> list[str]:
         return [cell_state(cell, self.started) for cell in self.planned]
@@ -183,7 +210,28 @@ class Watch:
     @staticmethod
     def _share(cell: PlannedCell) -> float:
         """The share of a running cell's epochs done (a resumed cell starts part-way)."""
-        return min(_epochs_done(cell.run_dir) / cell.config.epochs, 1.0)
+        return min(len(_history(cell.run_dir)) / cell.config.epochs, 1.0)
+
+    def table(self) -> Table:
+        """The live view: the progress line, then one row per cell."""
+        table = Table(title=self.line().removeprefix("[sweep] "), title_justify="left")
+        for column in ("cell", "state", "epoch", "val error %", "images/s"):
+            table.add_column(column, justify="left" if column in ("cell", "state") else "right")
+        for cell, state in zip(self.planned, self.states(), strict=True):
+            history = _history(cell.run_dir)
+            last = history[-1] if history else {}
+            if state == "unfinished":
+                started = (cell.run_dir / JOB).exists() and (
+                    (cell.run_dir / JOB).stat().st_mtime >= self.started
+                )
+                state = "running" if started else "waiting"
+            name = rundir.cell_overrides(cell.overrides, cell.config.norm.name, cell.config.batch)
+            table.add_row(
+                cell_label(name), state, f"{len(history)}/{cell.config.epochs}",
+                f"{float(last['val_error']):.2f}" if last else "",
+                f"{float(last['images_per_s']):.0f}" if last else "",
+            )  # fmt: skip
+        return table
 
     def line(self) -> str:
         states = self.states()
@@ -201,6 +249,9 @@ class Watch:
     def _run(self) -> None:
         last_done, last_line = -1, 0.0
         while not self._stop.wait(1.0):
+            if self._view is not None:
+                self._view.update(self.table(), refresh=True)
+                continue
             done = sum(s != "unfinished" for s in self.states())
             if done != last_done or time.time() - last_line >= self.every_s:
                 print(self.line(), flush=True)

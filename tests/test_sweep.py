@@ -4,6 +4,7 @@ reruns that keep the old result, the launchers, and the experiments' grids."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -126,6 +127,34 @@ def test_a_sweep_hands_hydra_its_costliest_cells_first():
     )
     lists = plan(expand_sweep(["logger=none", "batch=4,2", "optim.milestones=[0.5],[0.3,0.6]"]))
     assert costliest_first(lists) is None  # values Hydra would parse: the grid as typed
+
+
+def test_on_a_terminal_a_sweep_shows_a_live_table_of_its_cells(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from normbench.logs import LIVE_ENV, SWEEP_KEYS_ENV, setup_logging
+    from normbench.sweep import Watch, plan, swept_keys
+
+    cells = expand_sweep(["logger=none", "dataset=synthetic", "epochs=2", "batch=8,4",
+                          f"out_dir={tmp_path}"])  # fmt: skip
+    planned = plan(cells)
+    monkeypatch.setenv(SWEEP_KEYS_ENV, ",".join(swept_keys(planned)))
+    watch = Watch(planned, live=True)
+    running = {c.config.batch: c.run_dir for c in planned}[8]
+    running.mkdir(parents=True)
+    (running / "job.json").write_text("{}")  # written when a cell starts
+    (running / "history.csv").write_text("epoch,val_error,images_per_s\n1,42.5,123.4\n")
+    console = Console(record=True, width=120)
+    console.print(watch.table())
+    text = console.export_text()
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines()]
+    assert ["batch=8", "running", "1/2", "42.50", "123"] in rows
+    assert ["batch=4", "waiting", "0/2", "", ""] in rows
+    assert "0/2 cells done" in text
+    # The cells print only warnings meanwhile: the table is their progress.
+    monkeypatch.setenv(LIVE_ENV, "1")
+    (console_handler,) = setup_logging(cell="batch=8").handlers
+    assert console_handler.level == logging.WARNING
 
 
 @pytest.mark.slow
