@@ -20,22 +20,31 @@ from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from hydra_plugins.normbench_slurm import SlurmLauncher
 from normbench.config import as_config, parallel_cells, register_configs
 from normbench.errors import UserError
 from normbench.logs import SWEEP_ENV
+from normbench.slurm import resource
 from normbench.track.rundir import cell_name, cell_overrides, split_override_dirname
 
 CONFIG_MODULE = "normbench.configs"
+FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 
 
 def _register() -> None:
     register_configs()
+    # Hydra finds launchers by listing the hydra_plugins package, which misses ours in an
+    # editable install (pip install -e, what make setup does); importing it always works.
+    Plugins.instance().register(SlurmLauncher)
     if not OmegaConf.has_resolver("parallel_cells"):
         OmegaConf.register_new_resolver("parallel_cells", parallel_cells)
+    if not OmegaConf.has_resolver("slurm"):
+        OmegaConf.register_new_resolver("slurm", resource)
     if not OmegaConf.has_resolver("cell"):
         OmegaConf.register_new_resolver(
             "cell",
@@ -121,12 +130,20 @@ def multirun(overrides: list[str], total: int) -> None:
     """Run every cell through Hydra's multirun and its configured launcher."""
     _register()
     os.environ[SWEEP_ENV] = str(total)  # launchers pass it on: the cells' lines name them
-    argv = sys.argv
+    argv, full_error = sys.argv, os.environ.get(FULL_ERROR_ENV)
     sys.argv = [argv[0], "--multirun", *overrides]
+    # Hydra prints an error raised by a launcher as a traceback and exits 1; with this set it
+    # raises it instead, so a UserError (e.g. SLURM refusing the jobs) reaches the command line
+    # as one line with exit 2.
+    os.environ[FULL_ERROR_ENV] = "1"
     try:
         _hydra_job()
     finally:
         sys.argv = argv
+        if full_error is None:
+            del os.environ[FULL_ERROR_ENV]
+        else:
+            os.environ[FULL_ERROR_ENV] = full_error
 
 
 def sweep_dir(cfg: DictConfig) -> Path:

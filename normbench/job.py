@@ -47,9 +47,10 @@ def busy_message(run_dir: Path) -> str:
     return f"another process is running this cell ({rundir.lock_holder(run_dir)})"
 
 
-def _under_slurm_tasks() -> bool:
-    """True in each task of a multi-task SLURM job (submitit launcher, one task per GPU)."""
-    return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
+def _started_as_ranks() -> bool:
+    """True in each process of a cell started by SLURM (one task per GPU) or torchrun."""
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
+    return slurm_tasks or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _record_failure(run_dir: Path, cfg: Config, overrides: dict[str, str], error: str) -> None:
@@ -72,10 +73,91 @@ def _start_workers(run_dir: Path, cfg: Config) -> None:
     from normbench.train.loop import run_worker
 
     devices = resolve_devices(cfg)
-    if devices == 1 or _under_slurm_tasks() or "RANK" in os.environ:
+    if devices == 1 or _started_as_ranks() or "RANK" in os.environ:
         run_worker(run_dir)  # this process is the (only, or this rank's) worker
     else:
         launch_workers(run_worker, str(run_dir), devices, run_id=run_dir.name)
+
+
+def _claim(run_dir: Path, config: Config, cell: dict[str, str]) -> tuple[FileLock | None, str]:
+    """Take the cell's lock and prepare its directory for the workers: (the held lock, "run"),
+    or (None, the status to stop with) when another process has the cell or it is done."""
+    rundir.ensure_writable(run_dir)
+    lock = FileLock(str(run_dir / rundir.LOCK))
+    try:
+        lock.acquire(timeout=0)
+        rundir.write_lock_holder(run_dir)
+    except Timeout:
+        # Info, not a warning: a sweep shows it, `train` turns it into its own error line.
+        log.info("skip %s: %s", run_dir, busy_message(run_dir))
+        return None, "busy"
+    try:
+        done = rundir.finished_status(run_dir)  # finished by someone else while we waited?
+        if done and not config.rerun:
+            log.info("skip %s: already %s", run_dir, done)
+            _release(run_dir, lock)
+            return None, f"skipped-{done}"
+        if done:
+            archived = rundir.archive_result(run_dir)
+            log.info("rerun=true: previous result of %s moved to %s", run_dir.name, archived)
+        for leftover in rundir.remove_temp_files(run_dir):
+            log.info("removed %s, left by a write that was interrupted", leftover.name)
+        if not (run_dir / rundir.CHECKPOINT).exists():
+            plain = OmegaConf.to_yaml(OmegaConf.structured(config))
+            rundir.atomic_write_text(run_dir / rundir.CONFIG, plain)
+        write_job(run_dir, cell)
+    except BaseException:
+        _release(run_dir, lock)
+        raise
+    return lock, "run"
+
+
+def _release(run_dir: Path, lock: FileLock) -> None:
+    (run_dir / rundir.LOCK_HOLDER).unlink(missing_ok=True)  # before the next holder writes it
+    lock.release()
+
+
+def _train(run_dir: Path, config: Config, cell: dict[str, str], is_main: bool) -> str:
+    """Start the workers on the prepared directory; returns the cell's status."""
+    try:
+        _start_workers(run_dir, config)
+    except UserError:
+        raise
+    except Exception as e:  # the cell failed; the sweep goes on with the next one
+        message = f"{type(e).__name__}: {e}".strip().splitlines()[0]
+        log.error("cell %s failed: %s", run_dir.name, message)
+        if is_main:
+            _record_failure(run_dir, config, cell, message)
+        return "failed"
+    return (rundir.read_json(run_dir / rundir.METRICS) or {}).get("status", "failed")
+
+
+def _run_as_rank(run_dir: Path, config: Config, cell: dict[str, str]) -> str:
+    """This process is one rank of the cell. Rank 0 alone claims and prepares the directory
+    (archive, config.yaml) while the others wait for its decision on the process group, so no
+    rank reads config.yaml before rank 0 has written it, and all stop when rank 0 stops."""
+    import torch.distributed as dist
+
+    from normbench.train.distributed import close_process, init_process
+
+    env = init_process(config)
+    lock, decision, error = None, ["run"], None
+    if env.is_main:
+        try:
+            lock, decision[0] = _claim(run_dir, config, cell)
+        except Exception as e:  # the other ranks must not wait for a rank 0 that has stopped
+            decision[0], error = "failed", e
+    dist.broadcast_object_list(decision, src=0)
+    try:
+        if error is not None:
+            raise error
+        if decision[0] != "run":
+            return decision[0]
+        return _train(run_dir, config, cell, env.is_main)
+    finally:
+        close_process()
+        if lock is not None:
+            _release(run_dir, lock)
 
 
 def run_cell(cfg: DictConfig | Config, overrides: list[str], *, start: bool = True) -> str:
@@ -90,52 +172,16 @@ def run_cell(cfg: DictConfig | Config, overrides: list[str], *, start: bool = Tr
     cell = rundir.cell_overrides(overrides, config.norm.name, config.batch)
     run_dir = cell_dir(config, overrides)
     check_reusable(run_dir, config)
+    if start and _started_as_ranks():
+        return _run_as_rank(run_dir, config, cell)
     done = rundir.finished_status(run_dir)
     if done and not config.rerun:
         log.info("skip %s: already %s (rerun=true recomputes it)", run_dir, done)
         return f"skipped-{done}"
-    rundir.ensure_writable(run_dir)
-    lock = FileLock(str(run_dir / rundir.LOCK))
-    is_rank0 = int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) == 0
+    lock, decision = _claim(run_dir, config, cell)
+    if lock is None:
+        return decision
     try:
-        if is_rank0:
-            lock.acquire(timeout=0)
-            rundir.write_lock_holder(run_dir)
-    except Timeout:
-        # Info, not a warning: a sweep shows it, `train` turns it into its own error line.
-        log.info("skip %s: %s", run_dir, busy_message(run_dir))
-        return "busy"
-    try:
-        done = rundir.finished_status(run_dir)  # finished by someone else while we waited?
-        if done and not config.rerun:
-            log.info("skip %s: already %s", run_dir, done)
-            return f"skipped-{done}"
-        if is_rank0 and done and config.rerun:
-            archived = rundir.archive_result(run_dir)
-            log.info("rerun=true: previous result of %s moved to %s", run_dir.name, archived)
-        if is_rank0:
-            for leftover in rundir.remove_temp_files(run_dir):
-                log.info("removed %s, left by a write that was interrupted", leftover.name)
-        if is_rank0 and not (run_dir / rundir.CHECKPOINT).exists():
-            plain = OmegaConf.to_yaml(OmegaConf.structured(config))
-            rundir.atomic_write_text(run_dir / rundir.CONFIG, plain)
-        if is_rank0:
-            write_job(run_dir, cell)
-        if not start:
-            return "prepared"
-        try:
-            _start_workers(run_dir, config)
-        except UserError:
-            raise
-        except Exception as e:  # the cell failed; the sweep goes on with the next one
-            message = f"{type(e).__name__}: {e}".strip().splitlines()[0]
-            log.error("cell %s failed: %s", run_dir.name, message)
-            if is_rank0:
-                _record_failure(run_dir, config, cell, message)
-            return "failed"
-        status = (rundir.read_json(run_dir / rundir.METRICS) or {}).get("status", "failed")
-        return status
+        return _train(run_dir, config, cell, is_main=True) if start else "prepared"
     finally:
-        if lock.is_locked:
-            (run_dir / rundir.LOCK_HOLDER).unlink(missing_ok=True)  # before the next one writes
-            lock.release()
+        _release(run_dir, lock)
