@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import getpass
 import io
 import os
 import shutil
@@ -112,7 +113,7 @@ def _job_states(job_ids: Sequence[str]) -> dict[str, str] | None:
     """
     try:
         listing = subprocess.run(
-            ["squeue", "-h", "-r", "-t", "all", "-o", "%i %T"],
+            ["squeue", "-h", "-r", "-t", "all", "-o", "%i %T", "-u", getpass.getuser()],
             capture_output=True, text=True, timeout=60, check=True,
         ).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):

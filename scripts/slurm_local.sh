@@ -11,10 +11,12 @@
 # It installs nothing: it needs Debian's slurm-wlm and munge packages
 # (apt-get install slurm-wlm munge) and root, as slurmd does. Everything it writes (config, keys,
 # state, logs, sockets) stays in DIR; the system's own /etc/slurm and munge are left alone.
+# munged wants DIR and every folder above it open to all users (pytest's tmp_path is not).
 # One partition, `debug`, holds this machine with its CPUs and memory; there are no GPUs.
 # Process tracking by process tree (proctrack/linuxproc) and no task plugin, so no cgroup set-up
 # is needed (containers often have none that SLURM could use).
 set -euo pipefail
+export PATH=$PATH:/usr/sbin:/sbin  # the daemons live there; some shells leave it off the PATH
 
 action=${1:-}
 dir=${2:-${TMPDIR:-/tmp}/normbench-slurm}

@@ -1,6 +1,7 @@
 """launcher=slurm against a real single-node SLURM (scripts/slurm_local.sh, started once for the
-module): a sweep of two cells, a cell as a two-task job, preemption and requeue, a cancelled job.
-Also, without SLURM: ranks started outside normbench wait for rank 0 to write config.yaml.
+module): a sweep of two cells run as two-task jobs, refused submissions, preemption, requeue and
+cancel. Without SLURM: what each cell asks for, and ranks started outside normbench waiting for
+rank 0 to write config.yaml.
 
 The SLURM tests skip, saying why, where Debian's slurm-wlm and munge are not installed or this
 is not root (slurmd needs it); .ci/run installs the packages when it can.
@@ -34,22 +35,23 @@ SLURM = ["launcher=slurm", "hydra.launcher.partition=debug"]  # all a CPU-only c
 CELL = [*TINY, "dataset=synthetic"]
 # One CPU-bound thread per process, as in test_reliability: results are compared bit for bit.
 ENV = {"OMP_NUM_THREADS": "1"}
-# The preemption cell: 2 x 128 steps (about 2 s each way on one core), a checkpoint every 8, so a
-# signal sent after a checkpoint arrives while the cell still trains.
+# The preemption cell: 2 epochs of 128 steps (about 2 s each on one core), a checkpoint every 8
+# steps, so a signal sent after a checkpoint arrives while the cell still trains.
 LONG = [o for o in CELL if not o.startswith(("dataset.train_size", "norm="))] + [
     "dataset.train_size=2048", "norm=brn", "checkpoint_every_steps=8", "log_every_steps=8",
 ]  # fmt: skip
 
 
 def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "the local SLURM needs root (slurmd)"
     tools = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
-    absent = [tool for tool in tools if shutil.which(tool) is None]
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])  # the daemons
+    absent = [tool for tool in tools if shutil.which(tool, path=path) is None]
     if absent:
         return (
             f"SLURM is not installed ({', '.join(absent)} missing: apt-get install slurm-wlm munge)"
         )
-    if os.geteuid() != 0:
-        return "the local SLURM needs root (slurmd)"
     return None
 
 
