@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from normbench.config import as_config
 from normbench.errors import UserError
+from normbench.job import cell_dir
 from normbench.track import rundir
 
 # submitit's preemption signal (its default is SIGUSR2): the one PreemptionGuard checkpoints on.
@@ -49,9 +50,11 @@ PREEMPT_SIGNAL = "USR1"
 GB_PER_PROCESS = 2  # a CPU cell of the mini reproduction peaks below 1 GB (results/*/cells.csv)
 GB_PER_LOADER_WORKER = 1
 POLL_S = 2.0
-# Job states after which no result will come (squeue's long names).
+# Job states after which no result will come (squeue's long names); GONE: the controller no
+# longer lists the job, which ended a while ago.
+GONE = "GONE"
 ENDED = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
-         "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT")  # fmt: skip
+         "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", GONE)  # fmt: skip
 
 
 @functools.lru_cache
@@ -109,7 +112,7 @@ def _job_states(job_ids: Sequence[str]) -> dict[str, str] | None:
     """SLURM's state of each job (array tasks as 123_4), or None when squeue cannot answer.
 
     squeue asks the controller, which needs no accounting database (submitit's own watcher asks
-    sacct); a job the controller no longer lists ended a while ago.
+    sacct, and waits forever for a cancelled job where there is none).
     """
     try:
         listing = subprocess.run(
@@ -119,7 +122,7 @@ def _job_states(job_ids: Sequence[str]) -> dict[str, str] | None:
     except (OSError, subprocess.SubprocessError):
         return None
     known = dict(line.split() for line in listing.splitlines() if line.strip())
-    return {job_id: known.get(job_id, "ENDED") for job_id in job_ids}
+    return {job_id: known.get(job_id, GONE) for job_id in job_ids}
 
 
 class Launcher(SubmititSlurmLauncher):
@@ -145,11 +148,7 @@ class Launcher(SubmititSlurmLauncher):
                 self.config, list(overrides)
             )
             config = as_config(cell_cfg)
-            run_dir = (
-                Path(config.out_dir)
-                / config.name
-                / rundir.cell_name(list(overrides), config.norm.name, config.batch)
-            )
+            run_dir = cell_dir(config, list(overrides))
             done = rundir.finished_status(run_dir)
             if done and not config.rerun:
                 print(f"skip {run_dir}: already {done} (rerun=true recomputes it)", flush=True)
@@ -207,7 +206,7 @@ class Launcher(SubmititSlurmLauncher):
                     if job.paths.result_pickle.exists():
                         del pending[index]
                         yield index, self._result(job, job_overrides[index])
-                    elif states is not None and states[job.job_id] in (*ENDED, "ENDED"):
+                    elif states is not None and states[job.job_id] in ENDED:
                         del pending[index]
                         yield index, self._lost(job, states[job.job_id], job_overrides[index])
                 if pending:
@@ -229,7 +228,8 @@ class Launcher(SubmititSlurmLauncher):
             _say(overrides, f"job {job.job_id} failed: {lines[-1] if lines else e}")
             return "failed"
         if returned.status != JobStatus.COMPLETED:
-            _say(overrides, f"job {job.job_id} failed: {returned._return_value}")
+            error = returned._return_value  # the exception (.return_value would raise it)
+            _say(overrides, f"job {job.job_id} failed: {error}")
             return "failed"
         return returned.return_value
 
@@ -240,7 +240,7 @@ class Launcher(SubmititSlurmLauncher):
             if job.paths.result_pickle.exists():
                 return Launcher._result(job, overrides)
             time.sleep(1)
-        ended = "ended" if state == "ENDED" else f"ended {state}"
+        ended = "ended" if state == GONE else f"ended {state}"
         _say(overrides, f"SLURM job {job.job_id} {ended} before the cell finished; it is "
                         "unfinished and the next sweep resumes it")  # fmt: skip
         return "unfinished"
