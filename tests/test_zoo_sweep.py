@@ -28,9 +28,12 @@ def test_the_zoo_grid_is_every_norm_and_gn_ws_at_32_8_and_2() -> None:
 
 
 def test_gn_ws_is_gn_with_weight_standardization_and_the_rest_is_the_mini_default() -> None:
-    default, zoo = compose([]), compose(["experiment=mini-zoo", "norm=gn_ws", "batch=8"])
-    assert (zoo.norm.name, zoo.model.ws, zoo.name) == ("gn", True, "synthetic-zoo")
-    for key in ("dataset", "optim", "gpus", "epochs", "model.name"):  # inherited, not restated
+    default = compose([])
+    zoo = compose(["experiment=mini-zoo", "norm=gn_ws", "batch=8"])
+    assert (zoo.norm.name, zoo.model.ws) == ("gn", True)
+    assert zoo.name == f"{default.dataset.name}-zoo"
+    # inherited, not restated
+    for key in ("dataset", "optim", "gpus", "epochs", "model.name", "norm.eval_stats"):
         assert OmegaConf.select(zoo, key) == OmegaConf.select(default, key), key
 
 
