@@ -97,8 +97,10 @@ def costliest_first(planned: list[PlannedCell]) -> list[str] | None:
     value holds characters Hydra's sweep syntax would read (lists, quotes): keep that grid as
     typed.
     """
+    # A key typed twice (batch=8 ... batch=8,4) is set by its last override, as in Hydra.
+    last = {item.split("=", 1)[0]: i for i, item in enumerate(planned[0].overrides)}
     axes: list[dict[str, list[float]]] = []  # per axis: value -> costs of its cells
-    for i in range(len(planned[0].overrides)):
+    for i in sorted(last.values()):
         axis: dict[str, list[float]] = {}
         for cell in planned:
             axis.setdefault(cell.overrides[i], []).append(cell.cost)

@@ -384,7 +384,8 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
 
 # A cell on the image folder of _with_corrupt_image: 13 train images, 12 val, 3 steps an epoch.
 IMAGE_CELL = ["logger=none", "model=resnet8", "model.width=8", "norm.groups=4",
-              "dataset=imagenet", "dataset.image_size=16", "gpus=1", "batch=4", "epochs=2",
+              "dataset=imagenet", "dataset.image_size=16", "dataset.train_size=null",
+              "dataset.val_size=null", "gpus=1", "batch=4", "epochs=2",
               "progress=false"]  # fmt: skip
 
 

@@ -125,6 +125,9 @@ def test_a_sweep_hands_hydra_its_costliest_cells_first():
     assert sorted(map(sorted, expand_sweep(overrides[1:]))) == sorted(
         sorted(c.overrides) for c in planned
     )
+    # A key given twice is set by its last value, as Hydra does.
+    twice = costliest_first(plan(expand_sweep(["logger=none", "batch=8", "batch=8,4"])))
+    assert twice == ["hydra.sweeper.params=null", "batch=4,8", "logger=none"]
     lists = plan(expand_sweep(["logger=none", "batch=4,2", "optim.milestones=[0.5],[0.3,0.6]"]))
     assert costliest_first(lists) is None  # values Hydra would parse: the grid as typed
 
