@@ -72,15 +72,15 @@ def test_a_finished_cell_is_never_reused_for_another_config(swept):
     # the check the old result would be reported as the answer to the new config.
     config = sweep_dir / sorted(before)[0] / "config.yaml"
     original = config.read_text()
-    assert "base_lr: 0.2\n" in original
-    config.write_text(original.replace("base_lr: 0.2\n", "base_lr: 0.1\n"))
+    assert "base_lr: 0.1\n" in original
+    config.write_text(original.replace("base_lr: 0.1\n", "base_lr: 0.3\n"))
     try:
         changed = run_cli(args, cwd=root)
     finally:
         config.write_text(original)
     assert changed.returncode == 2
     lines = changed.stderr.strip().splitlines()
-    assert len(lines) == 1 and "optim.base_lr: 0.1 -> 0.2" in lines[0], changed.stderr
+    assert len(lines) == 1 and "optim.base_lr: 0.3 -> 0.1" in lines[0], changed.stderr
     assert "rerun=true" in lines[0] and "Traceback" not in changed.stderr
     assert "epoch 1/" not in changed.stdout
     assert {n: (sweep_dir / n / "metrics.json").read_bytes() for n in before} == before

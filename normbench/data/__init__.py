@@ -210,13 +210,22 @@ def check_dataset(name: str, root: str | None, *, download: bool = False) -> Non
 
     A given root must be a folder (unless CIFAR is to be downloaded there). ImageFolder data
     (imagenet) must have ``train/`` and ``val/`` with the same non-empty class folders. Only
-    folders are listed: reading the images is left to :func:`build_datasets`. With no root,
-    datasets that search default places (Fashion-MNIST, CIFAR) are checked when built.
+    folders are listed: reading the images is left to :func:`build_datasets`. Fashion-MNIST's
+    files are looked for in all its places (and downloaded with ``download``); CIFAR without a
+    root is checked when built.
     """
     if name not in _BUILDERS:
         raise UserError(f"unknown dataset '{name}' (allowed: {', '.join(sorted(_BUILDERS))})")
     if name == "synthetic":
         return
+    if root is None and name not in ("imagenet", "fashion_mnist"):
+        return
+    folder = Path(root or os.path.join(default_root(), "imagenet"))
+    # A folder to download into may not exist yet; every other given folder must.
+    named = root is not None or name == "imagenet"
+    if named and not folder.is_dir() and not (download and name != "imagenet"):
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise UserError(f"dataset.root={folder} {what} (the {name} files are looked for there)")
     if name == "fashion_mnist":
         from normbench.data import fashion_mnist
 
@@ -224,14 +233,6 @@ def check_dataset(name: str, root: str | None, *, download: bool = False) -> Non
             fashion_mnist.download(root)
         fashion_mnist.find_files(root)  # the places it looked, in one line, if still missing
         return
-    if root is None and name != "imagenet":
-        return
-    folder = Path(root or os.path.join(default_root(), "imagenet"))
-    if not folder.is_dir():
-        if download and name.startswith("cifar"):
-            return
-        what = "does not exist" if not folder.exists() else "is not a folder"
-        raise UserError(f"dataset.root={folder} {what} (the {name} files are looked for there)")
     if name == "imagenet":
         _check_image_folders(folder)
 
