@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed ## create .venv and install normbench with torch, Hydra, W&B, pandas, matplotlib
 
-demo: setup ## the main job: the mini BN-vs-GN batch sweep (Table 2) on the embedded dataset, then its report
+demo: setup ## the main job: the mini BN-vs-GN batch sweep (Table 2) on real images (Fashion-MNIST; synthetic offline), then its report
 	$(NB) sweep experiment=$(EXPERIMENT)-batch $(ARGS)
 
 test: setup ## run the whole test suite (what CI runs)
@@ -51,10 +51,10 @@ ablation-groups: setup ## Table 3: GN with G = 64..1 groups, then 64..1 channels
 fashion: setup ## the batch sweep and the group ablation on Fashion-MNIST (apt-get install dataset-fashion-mnist)
 	$(BIN)/python scripts/reproduce.py fashion_mnist-batch fashion_mnist-groups
 
-results: setup ## regenerate every committed CPU-scale result under results/ (about 70 minutes on 2 cores)
+results: setup ## regenerate every committed CPU-scale result under results/ (about an hour on 2 cores; each entry's time in its RUN.md)
 	$(BIN)/python scripts/reproduce.py
 
-report: setup ## rebuild the report of a sweep: make report DIR=runs/synthetic-resnet20
+report: setup ## rebuild the report of a sweep: make report DIR=runs/fashion_mnist-resnet8
 	$(NB) report $(DIR)
 
 bench: setup ## speed benchmarks (results/bench/*.md)
