@@ -97,7 +97,7 @@ class BatchNorm2d(PerGPUStatistics, nn.BatchNorm2d):
     The moving averages of the other mode are kept beside them (``alt_running_mean``,
     ``alt_running_var``), so that a finished run can be evaluated both ways (the BN diagnostics
     of :mod:`normbench.train.diagnostics`) at the cost of a few vector operations per step. With
-    one chunk both are the same chain.
+    one chunk both are the same chain, and :func:`sync_running_stats` copies it across.
     """
 
     running_stats = ("running_mean", "running_var")
@@ -129,7 +129,9 @@ class BatchNorm2d(PerGPUStatistics, nn.BatchNorm2d):
         return f"{super().extra_repr()}, eval_stats={self.eval_stats}, chunks={self.chunks}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        # One chunk: both modes are this GPU's own chain, so only running_* is updated (torch's
+        # kernel alone); sync_running_stats copies it to the alt buffers when they are read.
+        if self.chunks == 1 or not self.training:
             return super().forward(x)
         k = self.chunks
         return self._folded_batch_norm(x, tile_chunks(self.weight, k), tile_chunks(self.bias, k))
@@ -256,10 +258,16 @@ def sync_running_stats(model: nn.Module) -> None:
 
     Each chain is combined as its mode says (see :func:`_chains`): the result is what one
     process emulating every GPU holds, so real and emulated runs evaluate alike. Every rank
-    must call it (it is a collective); a no-op without a process group. Rank r's own chains are
+    must call it (it is a collective); without a process group it only fills the alt buffers
+    of one-chunk BNs (their two modes are one chain). Rank r's own chains are
     replaced, which changes nothing that is later read: the EMA is linear, so the mean of
     chains that restart from their mean stays the mean, and only GPU 0's "first" chain counts.
     """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, BatchNorm2d) and module.chunks == 1:
+                module.alt_running_mean.copy_(module.running_mean)
+                module.alt_running_var.copy_(module.running_var)
     if not _distributed():
         return
     chains = _chains(model)
