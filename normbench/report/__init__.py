@@ -72,6 +72,8 @@ class Report:
     tables: list[Table]
     commands: list[str]
     paths: list[Path]
+    # The BN diagnostics table (mean, std over seeds); None when no cell measured them.
+    diagnostics: tuple[pd.DataFrame, pd.DataFrame] | None = None
 
     @property
     def unfinished(self) -> list[str]:
@@ -192,7 +194,7 @@ def render_markdown(report: Report, images: dict[str, str], curves: dict[str, st
         out += ["## Cells that did not finish", "", *(f"- `{p}`" for p in problems), ""]
     penalty = diagnostics.penalty_line(cells, report.metric)
     out += [f"{penalty}.", ""] if penalty else []
-    out += _diagnostics_markdown(cells, images)
+    out += _diagnostics_markdown(report, images)
     for table in report.tables:
         out += [f"## {table.title}", ""]
         for name, frame in _table_texts(table).items():
@@ -208,8 +210,8 @@ def render_markdown(report: Report, images: dict[str, str], curves: dict[str, st
     return "\n".join(out)
 
 
-def _diagnostics_markdown(cells: pd.DataFrame, images: dict[str, str]) -> list[str]:
-    found = diagnostics.diagnostics_table(cells)
+def _diagnostics_markdown(report: Report, images: dict[str, str]) -> list[str]:
+    cells, found = report.cells, report.diagnostics
     if found is None:
         return []
     out = [
@@ -242,9 +244,8 @@ def format_report(report: Report) -> str:
     ]
     penalty = diagnostics.penalty_line(cells, report.metric)
     lines += [penalty] if penalty else []
-    found = diagnostics.diagnostics_table(cells)
-    if found is not None:
-        frame = diagnostics.display_frame(*found).rename_axis(columns="images per GPU")
+    if report.diagnostics is not None:
+        frame = diagnostics.display_frame(*report.diagnostics).rename_axis(columns="images per GPU")
         lines += ["", "BN diagnostics: val error of the final weights by evaluation statistics",
                   frame.to_string(na_rep="")]  # fmt: skip
     for table in report.tables:
@@ -316,6 +317,7 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None, metric: str | Non
         tables=tables,
         commands=_commands(cells),
         paths=paths,
+        diagnostics=found,
     )
     markdown = render_markdown(report, images, curves) + zoo_markdown(zoo)
     report.paths.append(write_atomic(out_dir / "report.md", markdown.encode()))
