@@ -28,6 +28,8 @@ ENTRIES: dict[str, list[str]] = {
     # ... and two more seeds of the same cells; the report pools them with seed 0.
     "fashion_mnist-batch-seeds": ["experiment=mini-batch", "seed=1,2"],
     "fashion_mnist-norms": ["experiment=mini-norms"],
+    # Every norm of the zoo at 32, 8, 2 images per GPU on the same protocol.
+    "fashion_mnist-zoo": ["experiment=mini-zoo"],
     "synthetic-groups": ["experiment=mini-groups", "dataset=synthetic"],
     "fashion_mnist-groups": ["experiment=mini-groups", "dataset=fashion_mnist"],
 }
