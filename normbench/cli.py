@@ -150,12 +150,15 @@ def _cmd_report(args: list[str]) -> int:
 def _cmd_norms(args: list[str]) -> int:
     from normbench.norms import list_norms
 
-    for spec in list_norms():
+    specs = list_norms()
+    width = max(len(spec.name) for spec in specs)  # every description starts in one column
+    for spec in specs:
         flags = [f for f, on in (("batch statistics", spec.batch_dependent),
                                  ("replaces ReLU", spec.replaces_activation)) if on]  # fmt: skip
-        print(f"{spec.name:8s} {spec.description}" + (f"  [{', '.join(flags)}]" if flags else ""))
+        shown = f"  [{', '.join(flags)}]" if flags else ""
+        print(f"{spec.name:{width}s} {spec.description}{shown}")
         for option, help_text in spec.options.items():
-            print(f"{'':8s}   norm.{option}: {help_text}")
+            print(f"{'':{width}s}   norm.{option}: {help_text}")
     print("\nweight standardization combines with any norm: model.ws=true")
     return 0
 

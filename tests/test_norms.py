@@ -527,6 +527,17 @@ def test_list_norms_names_every_norm_with_its_properties():
         assert spec.options and all(spec.options.values())
 
 
+def test_norms_command_starts_every_description_in_one_column(capsys):
+    from normbench.cli import main
+
+    assert main(["norms"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line[:1].isalpha()]
+    heads = [line for line in lines if line.split()[0] in ALL_NORMS]
+    assert len(heads) == len(ALL_NORMS)
+    columns = {len(line) - len(line.split(" ", 1)[1].lstrip()) for line in heads}
+    assert len(columns) == 1, heads
+
+
 @pytest.mark.parametrize("name", ALL_NORMS)
 def test_every_norm_builds_for_64_channels_and_trains(name):
     norm = build_norm(name, 64)
