@@ -1,10 +1,15 @@
-"""Typed configuration: the schema Hydra validates every override against, and the quantities
-derived from it (total batch, learning rate, emulated GPUs per process).
+"""Typed configuration: the schema Hydra validates every override against, its defaults, and
+the quantities derived from it (total batch, learning rate, emulated GPUs per process).
 
-The schema is registered in Hydra's ConfigStore as ``base_config``; configs/config.yaml builds on
-it, so a misspelt key or a value of the wrong type is rejected by Hydra before any work starts.
-Checks that need more than types (a known norm name, groups that divide every layer, gpus vs
-devices) live in :func:`validate` and raise :class:`~normbench.errors.UserError`.
+The schema is registered in Hydra's ConfigStore as ``base_config``, the first entry of
+configs/config.yaml's defaults list, so a misspelt key or a value of the wrong type is rejected
+by Hydra before any work starts. Every default lives in one place: a value that is the same
+whatever model, norm or dataset is chosen is the schema's (here); what an option of a config
+group changes is that option's file (configs/model/resnet8.yaml: the model's name and width);
+config.yaml itself only selects the groups. Each list of allowed values below is the one
+definition of its choices. Checks that need more than types (a known norm name, groups that
+divide every layer, gpus vs devices) live in :func:`validate` and raise
+:class:`~normbench.errors.UserError`.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from normbench.errors import UserError
 
+# The allowed values of the string fields below: one definition each, imported wherever a value
+# is checked (validate here, the data builders, the trackers).
 AMP_MODES = ("none", "bf16", "fp16")
 ACCELERATORS = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -30,7 +37,7 @@ BAD_IMAGE_POLICIES = ("fail", "skip")
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet20"
+    name: str = MISSING
     width: int | None = None  # base width of CIFAR-style ResNets (16 in He et al.)
     ws: bool = False  # weight standardization on every conv; combines with any norm
     zero_init_last_norm: bool = True  # gamma = 0 for the last norm of each residual block
@@ -45,12 +52,16 @@ class NormConfig:
     model's default G). Each cell's log line names the options its norm used.
     """
 
-    name: str = "bn"
+    name: str = MISSING
     groups: int | None = None
     group_size: int | None = None
     eps: float | None = None
     momentum: float | None = None
-    eval_stats: str | None = None
+    # How the GPUs' running statistics are combined for evaluation (BN and the other norms with
+    # per-GPU statistics): "first", GPU 0's, as the paper's Caffe2 code copies them to every GPU
+    # and the author's TF reproduction keeps moving averages on tower 0 only (what DDP's default
+    # buffer broadcast gives), or "average", the mean over GPUs.
+    eval_stats: str | None = "first"
     r_max: float | None = None
     d_max: float | None = None
     warmup_steps: int | None = None
@@ -72,14 +83,14 @@ class NormConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = "synthetic"
+    name: str = MISSING
     root: str | None = None
-    image_size: int | None = None
-    train_size: int | None = None
-    val_size: int | None = None
+    image_size: int | None = None  # None: the dataset's own (synthetic images have none)
+    train_size: int | None = 2560  # a seeded subset; None: every image (synthetic: none)
+    val_size: int | None = 2000
     augment: bool = True
     download: bool = False
-    bad_images: str = "fail"  # fail | skip (and count) unreadable images
+    bad_images: str = "fail"  # BAD_IMAGE_POLICIES: fail, or skip (and count) unreadable images
     workers: int = 0  # DataLoader worker processes per rank
     # The paper's extra ImageNet train augmentation (fb.resnet.torch), 0 = off; imagenet only,
     # other datasets refuse a non-zero value: brightness/contrast/saturation jitter strength,
@@ -99,7 +110,9 @@ class OptimConfig:
         None  # None: same as weight_decay (the paper decays gamma/beta)
     )
     schedule: str = "step"
-    milestones: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.9])  # fractions of epochs
+    # Decays at these fractions of the epochs: 6 and 10 of 15 (the paper's 30, 60, 90 of 100
+    # are 0.3, 0.6, 0.9).
+    milestones: list[float] = field(default_factory=lambda: [0.4, 0.667])
     decay: float = 0.1
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
@@ -119,7 +132,9 @@ class DiagnosticsConfig:
 
 @dataclass
 class LoggerConfig:
-    kind: str = "wandb"
+    kind: str = MISSING
+    # W&B's settings (logger=wandb). Offline by default: runs land in each cell's wandb/ folder
+    # and `wandb sync` uploads them later; mode=auto goes online when an API key is configured.
     project: str = "normbench"
     entity: str | None = None
     mode: str = "offline"
@@ -127,20 +142,36 @@ class LoggerConfig:
 
 @dataclass
 class Config:
+    """The whole config of one cell.
+
+    The defaults are the CPU mini reproduction of the paper's protocol: `normbench sweep
+    norm=bn,gn batch=32,16,8,4,2` runs its Table 2 on real images (with the groups config.yaml
+    selects: Fashion-MNIST at its native 28 px, ResNet-8). From the paper (the experiments
+    paper-* change the scale: ImageNet, ResNet-50, 100 epochs): 8 GPUs (emulated), BN statistics
+    per GPU and GPU 0's moving averages for evaluation, lr 0.1 x total/256 with no warmup, the
+    same epochs for every batch size with step decays (x0.1), weight decay on gamma/beta,
+    zero-init of each block's last gamma, the median val error of the last 5 epochs. Chosen for
+    compute only (2 CPU cores; measured in results/tuning.md): 2560 training images (10 full
+    batches of 8 x 32, so every batch size trains on the same images each epoch), 15 epochs with
+    the decays at epochs 6 and 10, so the median's 5 epochs are the final plateau at lr/100.
+    A name without a default (MISSING) is set by the chosen option of its config group.
+    """
+
     model: ModelConfig = field(default_factory=ModelConfig)
     norm: NormConfig = field(default_factory=NormConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
-    name: str = "default"  # the experiment: run directories go to <out_dir>/<name>/<cell>
+    # The experiment: run directories go to <out_dir>/<name>/<cell>.
+    name: str = "${dataset.name}-${model.name}"
     batch: int = 32  # images per GPU, the paper's "batch size"
     gpus: int = 8  # GPUs of the experiment (8 in the paper), real or emulated
     devices: int | None = None  # processes on this machine; None: every GPU, or 1 on CPU
     accelerator: str = "auto"
     backend: str = "auto"
     seed: int = 0
-    epochs: int = 10
+    epochs: int = 15
     amp: str = "none"
     channels_last: bool = False
     deterministic: bool = False
@@ -257,7 +288,12 @@ def validate(cfg: Config) -> None:
     GPUs instead, e.g. ``devices=1 gpus=8``. Processes started by torchrun or SLURM are theirs
     to place, so that check is left out there.
     """
-    from normbench.data import check_augment_options, check_dataset, list_datasets
+    from normbench.data import (
+        check_augment_options,
+        check_dataset,
+        check_sizes,
+        list_datasets,
+    )
     from normbench.models import build_model, list_models
     from normbench.norms import get_norm_spec
     from normbench.report.tables import METRICS
@@ -272,10 +308,9 @@ def validate(cfg: Config) -> None:
     _positive("dataset.workers", cfg.dataset.workers, least=0)
     _positive("optim.reference_batch", cfg.optim.reference_batch)
     _positive("diagnostics.precise_images", cfg.diagnostics.precise_images)
-    for what in ("train_size", "val_size", "image_size"):
-        value = getattr(cfg.dataset, what)
-        if value is not None:
-            _positive(f"dataset.{what}", value)
+    check_sizes(
+        cfg.dataset.name, cfg.dataset.image_size, cfg.dataset.train_size, cfg.dataset.val_size
+    )
     if cfg.dataset.train_size is not None and total_batch(cfg) > cfg.dataset.train_size:
         raise UserError(
             f"total batch {total_batch(cfg)} (gpus={cfg.gpus} x batch={cfg.batch}) exceeds "

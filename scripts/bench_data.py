@@ -38,6 +38,7 @@ BATCH = 32
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 IMAGEFOLDER_CLASSES, IMAGEFOLDER_PER_CLASS = 4, 2 * BATCH  # 8 batches per epoch
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SYNTHETIC_SIZE = 32  # generated images have no size of their own: CIFAR's (results/bench/data.md)
 
 
 @dataclass
@@ -95,9 +96,16 @@ class JpegFolder(Dataset):
         return self.transform(image), self.labels[index]
 
 
-def build(name: str, root: str | None, train_size: int | None) -> DatasetBundle:
+def build(
+    name: str,
+    root: str | None,
+    train_size: int | None,
+    image_size: int | None = None,
+    val_size: int | None = None,
+) -> DatasetBundle:
+    """The dataset cut to ``train_size`` images; None keeps the dataset's own sizes."""
     return build_datasets(
-        name, root, seed=0, image_size=None, train_size=train_size, val_size=None,
+        name, root, seed=0, image_size=image_size, train_size=train_size, val_size=val_size,
         augment=True, download=False, bad_images="fail",
     )  # fmt: skip
 
@@ -108,7 +116,8 @@ def sources(folder: Path, small_batches: int, notes: list[str]) -> list[Source]:
     In-memory training sets are cut to ``small_batches`` batches (one timed epoch).
     """
     size = small_batches * BATCH
-    found = [Source("synthetic", "normbench", build("synthetic", None, size), "resnet20", BATCH)]
+    synthetic = build("synthetic", None, size, image_size=SYNTHETIC_SIZE, val_size=BATCH)
+    found = [Source("synthetic", "normbench", synthetic, "resnet20", BATCH)]
     for name, root in (("fashion_mnist", FASHION_ROOT), ("cifar10", None)):
         try:
             found.append(Source(name, "normbench", build(name, root, size), "resnet20", BATCH))

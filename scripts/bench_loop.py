@@ -1,11 +1,11 @@
 """Loop overhead: normbench's real training step against a hand-written PyTorch loop.
 
-normbench: ``Trainer.train_epoch`` of :mod:`normbench.train.loop`, built from a config like any
-cell (gpus=1, so no emulated GPUs, CPU, synthetic data held in memory), with an epoch of
-``--steps`` steps. Hand-written: the same model from ``build_model``, the same norm, batch, lr,
-SGD momentum and weight decay, cross-entropy, on the same images normalized once up front and
-indexed by a shuffled permutation. Both sides do no augmentation (normbench's augmented step is
-timed as a third, informative contender). Target: normbench / hand-written <= 1.03.
+normbench: ``Trainer.train_epoch`` of :mod:`normbench.train.loop`, built from the config the CLI
+composes for such a cell (gpus=1, so no emulated GPUs, CPU, synthetic data held in memory), with
+an epoch of ``--steps`` steps. Hand-written: the same model from ``build_model``, the same norm,
+batch, lr, SGD momentum and weight decay, cross-entropy, on the same images normalized once up
+front and indexed by a shuffled permutation. Both sides do no augmentation (normbench's augmented
+step is timed as a third, informative contender). Target: normbench / hand-written <= 1.03.
 
     .venv/bin/python scripts/bench_loop.py [--quick] [--repeats N] [--steps S]
 """
@@ -29,8 +29,9 @@ from _timing import (
     parse,
 )
 
-from normbench.config import Config
+from normbench.config import Config, as_config
 from normbench.data import build_datasets
+from normbench.hydra_app import compose
 from normbench.models import build_model
 from normbench.track.tracker import NullTracker
 from normbench.train.distributed import DistEnv
@@ -43,7 +44,7 @@ NORM = "bn"
 
 @dataclass(frozen=True)
 class Case:
-    """One comparison: model, base width (None: the model's own), image size, batch, steps."""
+    """One comparison: model, base width (None: the model config's), image size, batch, steps."""
 
     model: str
     width: int | None
@@ -60,16 +61,18 @@ class Case:
 
 
 def make_config(case: Case, augment: bool) -> Config:
-    """A one-GPU CPU cell whose training epoch is exactly ``case.steps`` steps."""
-    cfg = Config()
-    cfg.model.name, cfg.model.width, cfg.norm.name = case.model, case.width, NORM
-    cfg.batch, cfg.gpus, cfg.devices, cfg.accelerator = case.batch, 1, 1, "cpu"
-    cfg.dataset.name, cfg.dataset.image_size = "synthetic", case.image_size
-    cfg.dataset.train_size, cfg.dataset.val_size = case.batch * case.steps, case.batch
-    cfg.dataset.augment, cfg.dataset.workers = augment, 0
-    cfg.logger.kind = "none"
-    cfg.epochs = 10**6  # keeps the lr schedule flat however many epochs are timed
-    return cfg
+    """A one-GPU CPU cell whose training epoch is exactly ``case.steps`` steps: the CLI's
+    config (``normbench train <these overrides>``), so the recipe timed is the one users run."""
+    overrides = [
+        f"model={case.model}", f"norm={NORM}", f"batch={case.batch}", "gpus=1", "devices=1",
+        "accelerator=cpu", "dataset=synthetic", f"dataset.image_size={case.image_size}",
+        f"dataset.train_size={case.batch * case.steps}", f"dataset.val_size={case.batch}",
+        f"dataset.augment={str(augment).lower()}", "dataset.workers=0", "logger=none",
+        f"epochs={10**6}",  # keeps the lr schedule flat however many epochs are timed
+    ]  # fmt: skip
+    if case.width is not None:
+        overrides.append(f"model.width={case.width}")
+    return as_config(compose(overrides))
 
 
 def normbench_epoch(trainer: Trainer) -> Callable[[], None]:
@@ -87,12 +90,15 @@ def normbench_epoch(trainer: Trainer) -> Callable[[], None]:
 def hand_written_epoch(case: Case, cfg: Config, lr: float) -> Callable[[], None]:
     """One call = ``case.steps`` steps of a minimal loop over the same (unaugmented) images."""
     data = build_datasets(
-        "synthetic", None, seed=cfg.seed, image_size=case.image_size,
-        train_size=case.batch * case.steps, val_size=1, augment=False, download=False,
+        cfg.dataset.name, None, seed=cfg.seed, image_size=cfg.dataset.image_size,
+        train_size=cfg.dataset.train_size, val_size=1, augment=False, download=False,
         bad_images="fail",
     )  # fmt: skip
     images, labels = data.train.__getitems__(range(len(data.train)))  # normalized, in memory
-    model = build_model(case.model, norm=NORM, num_classes=data.num_classes, width=case.width)
+    model = build_model(
+        cfg.model.name, norm=cfg.norm.name, num_classes=data.num_classes, width=cfg.model.width,
+        norm_options=cfg.norm.options(),
+    )  # fmt: skip
     opt = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=cfg.optim.momentum,
         weight_decay=cfg.optim.weight_decay,

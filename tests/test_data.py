@@ -72,6 +72,13 @@ def test_synthetic_chunks_are_balanced_and_smaller_sizes_are_prefixes():
     assert not torch.equal(val_x, small_x)
 
 
+@pytest.mark.parametrize("key", ["image_size", "train_size", "val_size"])
+def test_synthetic_data_have_no_sizes_of_their_own(key):
+    sizes = {"image_size": 8, "train_size": 10, "val_size": 10, key: None}
+    with pytest.raises(UserError, match=f"dataset.{key}=null: synthetic images are generated"):
+        _build("synthetic", None, **sizes)
+
+
 def test_synthetic_bundle_shapes():
     bundle = _build("synthetic", None, image_size=12, train_size=40, val_size=20)
     image, label = bundle.train[0]

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from normbench.config import BAD_IMAGE_POLICIES
 from normbench.data.memory import InMemoryImageDataset, collate, subsample
 from normbench.errors import UserError
 
@@ -49,20 +50,10 @@ class _Request:
     skipped_file: Path | None
 
 
-BAD_IMAGE_POLICIES = ("fail", "skip")
-
-
 def _build_synthetic(req: _Request) -> DatasetBundle:
     from normbench.data import synthetic
 
-    size = req.image_size or 32
-    if size < 8:
-        raise UserError(f"image_size {size} too small for synthetic (allowed: >= 8)")
-    n_train = 20000 if req.train_size is None else req.train_size
-    n_val = 5000 if req.val_size is None else req.val_size
-    for what, n in (("train_size", n_train), ("val_size", n_val)):
-        if n <= 0:
-            raise UserError(f"{what} {n} out of range (allowed: >= 1)")
+    size, n_train, n_val = req.image_size, req.train_size, req.val_size  # given: check_sizes
     train_x, train_y = synthetic.generate(n_train, size, req.seed, "train")
     val_x, val_y = synthetic.generate(n_val, size, req.seed, "val")
     pad = max(1, size // 8)
@@ -118,7 +109,7 @@ def _build_imagenet(req: _Request) -> DatasetBundle:
 _BUILDERS: dict[str, tuple[Callable[[_Request], DatasetBundle], str]] = {
     "synthetic": (
         _build_synthetic,
-        "generated 10-class textures under photometric nuisances, 32x32 RGB, 20k/5k (no files)",
+        "generated 10-class textures under photometric nuisances, RGB, any size (no files)",
     ),
     "fashion_mnist": (
         _build_fashion_mnist,
@@ -168,8 +159,9 @@ def build_datasets(
 
     ``root``: where the files are (None: the dataset's default places). ``seed`` fixes synthetic
     data, subsets and augmentation. ``image_size``/``train_size``/``val_size``: None keeps the
-    dataset's own. ``download``: fetch missing CIFAR files. ``bad_images``: what ImageFolder data
-    does with unreadable files, "fail" or "skip". ``color_jitter``/``lighting``: the paper's
+    dataset's own (synthetic data have none: it needs all three, see :func:`check_sizes`).
+    ``download``: fetch missing CIFAR files. ``bad_images``: what ImageFolder data does with
+    unreadable files, one of BAD_IMAGE_POLICIES. ``color_jitter``/``lighting``: the paper's
     extra ImageNet train augmentation, 0 = off (see :func:`check_augment_options`).
     ``skipped_file``: where ImageFolder data records each unreadable file it skips (a run's
     total over workers and ranks: its distinct lines).
@@ -180,14 +172,34 @@ def build_datasets(
         raise UserError(
             f"unknown bad_images '{bad_images}' (allowed: {', '.join(BAD_IMAGE_POLICIES)})"
         )
-    if image_size is not None and image_size <= 0:
-        raise UserError(f"image_size {image_size} out of range (allowed: >= 1)")
     check_augment_options(name, color_jitter, lighting)
+    check_sizes(name, image_size, train_size, val_size)
     req = _Request(
         root, seed, image_size, train_size, val_size, augment, download, bad_images,
         color_jitter, lighting, skipped_file,
     )  # fmt: skip
     return _BUILDERS[name][0](req)
+
+
+def check_sizes(
+    name: str, image_size: int | None, train_size: int | None, val_size: int | None
+) -> None:
+    """Image size and numbers of images: >= 1 where given (None: the dataset's own); raises
+    UserError. Synthetic images are generated to order, so they have no sizes of their own: the
+    config gives all three (configs/dataset/synthetic.yaml, the schema's train_size, val_size).
+    """
+    for what, value in (("image_size", image_size), ("train_size", train_size),
+                        ("val_size", val_size)):  # fmt: skip
+        if value is None and name == "synthetic":
+            raise UserError(
+                f"dataset.{what}=null: synthetic images are generated to order: give it"
+            )
+        if value is not None and value < 1:
+            raise UserError(f"dataset.{what}={value} must be >= 1")
+    if name == "synthetic" and image_size < 8:
+        raise UserError(
+            f"dataset.image_size={image_size} is too small for synthetic (allowed: >= 8)"
+        )
 
 
 def check_augment_options(name: str, color_jitter: float, lighting: float) -> None:
@@ -307,6 +319,7 @@ __all__ = [
     "build_datasets",
     "check_augment_options",
     "check_dataset",
+    "check_sizes",
     "default_root",
     "list_datasets",
 ]

@@ -1,0 +1,136 @@
+"""Every default has one home: the schema (normbench/config.py) holds what is the same whatever
+option of a config group is chosen, each group option's file holds what that option changes,
+and configs/config.yaml only chooses the options. These tests fail when a value is restated in
+a second place, so the schema and the YAML can never again disagree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from normbench.config import Config, as_config, validate
+from normbench.errors import UserError
+from normbench.hydra_app import compose
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+GROUPS = ("model", "norm", "dataset", "logger")  # the groups that set values of the schema
+OPTIONS = [f"{g}={p.stem}" for g in GROUPS for p in sorted((CONFIGS / g).glob("*.yaml"))]
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b": leaf}; lists are leaves."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _file_values(path: Path, package: str) -> dict[str, Any]:
+    """The values one config file sets (flat keys from the root), those of the files its
+    defaults list extends first (``- base/x``: relative to its folder), as Hydra merges them."""
+    text = path.read_text()
+    data = yaml.safe_load(text) or {}
+    if "# @package _global_" in text:
+        package = ""
+    values: dict[str, Any] = {}
+    for entry in data.pop("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            values.update(_file_values(path.parent / f"{entry}.yaml", package))
+    values.update(_flat({package: data} if package else data))
+    return values
+
+
+def _option_files() -> list[tuple[str, Path]]:
+    """(group, file) of every option of the groups that set values, and of their base files."""
+    return [(g, p) for g in GROUPS for p in sorted((CONFIGS / g).rglob("*.yaml"))]
+
+
+def _schema() -> dict[str, Any]:
+    return _flat(OmegaConf.to_container(OmegaConf.structured(Config)))
+
+
+def _composed(cfg) -> dict[str, Any]:
+    """The composed values (interpolations kept as written), Hydra's own node left out."""
+    return _flat({k: OmegaConf.to_container(cfg, resolve=False)[k] for k in cfg if k != "hydra"})
+
+
+def test_config_yaml_only_chooses_groups_and_places_the_output():
+    primary = yaml.safe_load((CONFIGS / "config.yaml").read_text())
+    assert set(primary) == {"defaults", "hydra"}, "a default belongs in normbench/config.py"
+
+
+@pytest.mark.parametrize("choice", [None, *OPTIONS])
+def test_a_composed_config_is_the_schema_and_the_chosen_group_files(choice):
+    """Every value of the CLI's config (the default, or with one group option changed) is the
+    schema's default unless a chosen group file sets it; nothing else adds a value."""
+    cfg = compose([choice] if choice else [])
+    choices = cfg.hydra.runtime.choices
+    expected = _schema()
+    for group in GROUPS:  # in the order of config.yaml's defaults list: later files win
+        expected.update(_file_values(CONFIGS / group / f"{choices[group]}.yaml", group))
+    assert _composed(cfg) == expected
+
+
+@pytest.mark.parametrize(("group", "path"), _option_files(), ids=lambda v: getattr(v, "name", v))
+def test_group_files_set_only_what_their_option_changes(group, path):
+    """No group file restates a schema default (or sets a key the schema does not have)."""
+    schema = _schema()
+    for key, value in _file_values(path, group).items():
+        assert key in schema, f"{path.name}: {key} is not a config key"
+        assert value != schema[key], f"{path.name}: {key}={value!r} restates the schema's default"
+
+
+def test_names_have_no_schema_default():
+    """The model, norm, dataset and logger a config uses are named by the chosen group option
+    only (config.yaml's defaults list), never by a second default in the schema."""
+    names = ("model.name", "norm.name", "dataset.name", "logger.kind")
+    assert {key: _schema()[key] for key in names} == dict.fromkeys(names, "???")
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    cfg = as_config(compose([f"experiment={experiment}"]))
+    if cfg.dataset.name == "imagenet":  # no ImageNet here: everything but its files is checked
+        cfg.dataset.name = "synthetic"
+        cfg.dataset.color_jitter = cfg.dataset.lighting = 0.0
+        cfg.dataset.image_size, cfg.dataset.train_size = 32, 256
+    validate(cfg)
+
+
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("paper-")])
+def test_paper_experiments_run_the_papers_recipe(experiment):
+    """The paper's protocol, whichever of its values are the schema's defaults."""
+    cfg = as_config(compose([f"experiment={experiment}"]))
+    assert (cfg.model.name, cfg.dataset.name, cfg.gpus, cfg.batch, cfg.epochs) == (
+        "resnet50", "imagenet", 8, 32, 100,
+    )  # fmt: skip
+    optim = cfg.optim
+    assert (optim.base_lr, optim.reference_batch, optim.schedule, optim.warmup_epochs) == (
+        0.1, 256, "step", 0.0,
+    )  # fmt: skip
+    assert (optim.milestones, optim.decay, optim.weight_decay) == ([0.3, 0.6, 0.9], 0.1, 1e-4)
+    assert optim.norm_weight_decay is None  # gamma and beta decayed like every weight
+    assert (cfg.norm.eval_stats, cfg.model.zero_init_last_norm) == ("first", True)
+    assert (cfg.dataset.color_jitter, cfg.dataset.lighting) == (0.4, 0.1)
+
+
+@pytest.mark.parametrize("table", ["mini-group", "paper-group"])
+def test_the_two_halves_of_table_3_differ_only_in_the_swept_key(table):
+    groups, sizes = (compose([f"experiment={table}{half}"]) for half in ("s", "-size"))
+    assert _composed(groups) == _composed(sizes)
+    swept = [list(cfg.hydra.sweeper.params) for cfg in (groups, sizes)]
+    assert swept == [["norm.groups"], ["norm.group_size"]]
+
+
+def test_synthetic_sizes_left_out_are_refused_before_a_run():
+    """Generated images have no sizes of their own: the config gives them (one line if not)."""
+    cfg = as_config(compose(["dataset=synthetic", "dataset.val_size=null"]))
+    with pytest.raises(UserError, match="dataset.val_size=null: synthetic images are generated"):
+        validate(cfg)
