@@ -30,7 +30,8 @@ from normbench.config import as_config, parallel_cells, register_configs
 from normbench.errors import UserError
 from normbench.logs import SWEEP_ENV
 from normbench.slurm import resource
-from normbench.track.rundir import cell_name, cell_overrides, split_override_dirname
+from normbench.track.cell import Cell
+from normbench.track.rundir import cell_name
 
 CONFIG_MODULE = "normbench.configs"
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
@@ -45,11 +46,8 @@ def _register() -> None:
         OmegaConf.register_new_resolver("parallel_cells", parallel_cells)
     if not OmegaConf.has_resolver("slurm"):
         OmegaConf.register_new_resolver("slurm", resource)
-    if not OmegaConf.has_resolver("cell"):
-        OmegaConf.register_new_resolver(
-            "cell",
-            lambda dirname, norm, batch: cell_name(split_override_dirname(dirname), norm, batch),
-        )
+    if not OmegaConf.has_resolver("cell"):  # Hydra's job directory: the cell's run directory
+        OmegaConf.register_new_resolver("cell", cell_name)
 
 
 def _one_line(error: Exception) -> str:
@@ -116,14 +114,13 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
 def _hydra_job(cfg: DictConfig) -> str:
     from normbench.job import run_cell
-    from normbench.logs import CELL_LABEL_ENV, cell_label, setup_logging
+    from normbench.logs import cell_label, setup_logging
 
     overrides = list(HydraConfig.get().overrides.task)
-    label = cell_label(cell_overrides(overrides, cfg.norm.name, cfg.batch))
-    os.environ[CELL_LABEL_ENV] = label  # for this cell's workers: cells share a console
-    log = setup_logging(cell=label)
+    config = as_config(cfg)
+    log = setup_logging(cell=cell_label(Cell.of(config, overrides)))  # cells share a console
     log.info("cell %d/%s", HydraConfig.get().job.num + 1, os.environ.get(SWEEP_ENV, "?"))
-    return run_cell(cfg, overrides)
+    return run_cell(config, overrides)
 
 
 def multirun(overrides: list[str], total: int) -> None:

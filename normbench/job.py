@@ -1,8 +1,9 @@
 """One cell as a job: the unit Hydra launches (in this process, a subprocess or a SLURM job).
 
-The job resolves the config once, decides whether the cell has to run at all (a finished cell is
-skipped, an unfinished one resumes), takes the cell's lock so two sweeps never run it at once,
-writes config.yaml, and starts the workers, which read that file and never run Hydra.
+The job resolves the config once, computes the cell (:class:`~normbench.track.cell.Cell`), decides
+whether the cell has to run at all (a finished cell is skipped, an unfinished one resumes), takes
+the cell's lock so two sweeps never run it at once, writes config.yaml and job.json (the command
+and the cell), and starts the workers, which read those files and never run Hydra.
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from normbench.config import Config, as_config, norm_label, resolve_devices, validate
+from normbench.config import Config, as_config, resolve_devices, validate
 from normbench.errors import UserError
 from normbench.track import rundir
+from normbench.track.cell import Cell
 from normbench.track.environment import write_job
 
 log = logging.getLogger("normbench")
 
 
 def cell_dir(cfg: Config, overrides: list[str]) -> Path:
-    return Path(cfg.out_dir) / cfg.name / rundir.cell_name(overrides, cfg.norm.name, cfg.batch)
+    return Cell.of(cfg, overrides).directory(cfg.out_dir)
 
 
 def check_reusable(run_dir: Path, config: Config) -> None:
@@ -53,19 +55,14 @@ def _started_as_ranks() -> bool:
     return slurm_tasks or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def _record_failure(run_dir: Path, cfg: Config, overrides: dict[str, str], error: str) -> None:
+def _record_failure(run_dir: Path, cell: Cell, error: str) -> None:
     """A failed cell keeps its checkpoint (the next run resumes) and says why it stopped."""
     try:
         rundir.write_json(
-            run_dir / rundir.METRICS,
-            {"status": "failed", "error": error, "cell": run_dir.name, "overrides": overrides,
-             "experiment": cfg.name, "model": cfg.model.name, "norm": cfg.norm.name,
-             "norm_label": norm_label(cfg),
-             "dataset": cfg.dataset.name, "batch": cfg.batch, "gpus": cfg.gpus, "seed": cfg.seed,
-             "groups": cfg.norm.groups, "group_size": cfg.norm.group_size},
-        )  # fmt: skip
+            run_dir / rundir.METRICS, {"status": "failed", "error": error, **cell.as_dict()}
+        )
     except OSError as e:  # e.g. the full disk that failed the cell: the log line must do
-        log.error("could not record the failure of %s: %s", run_dir.name, e)
+        log.error("could not record the failure of %s: %s", cell.name, e)
 
 
 def _start_workers(run_dir: Path, cfg: Config) -> None:
@@ -79,7 +76,7 @@ def _start_workers(run_dir: Path, cfg: Config) -> None:
         launch_workers(run_worker, str(run_dir), devices, run_id=run_dir.name)
 
 
-def _claim(run_dir: Path, config: Config, cell: dict[str, str]) -> tuple[FileLock | None, str]:
+def _claim(run_dir: Path, config: Config, cell: Cell) -> tuple[FileLock | None, str]:
     """Take the cell's lock and prepare its directory for the workers: (the held lock, "run"),
     or (None, the status to stop with) when another process has the cell or it is done."""
     rundir.ensure_writable(run_dir)
@@ -99,7 +96,7 @@ def _claim(run_dir: Path, config: Config, cell: dict[str, str]) -> tuple[FileLoc
             return None, f"skipped-{done}"
         if done:
             archived = rundir.archive_result(run_dir)
-            log.info("rerun=true: previous result of %s moved to %s", run_dir.name, archived)
+            log.info("rerun=true: previous result of %s moved to %s", cell.name, archived)
         for leftover in rundir.remove_temp_files(run_dir):
             log.info("removed %s, left by a write that was interrupted", leftover.name)
         if not (run_dir / rundir.CHECKPOINT).exists():
@@ -117,7 +114,7 @@ def _release(run_dir: Path, lock: FileLock) -> None:
     lock.release()
 
 
-def _train(run_dir: Path, config: Config, cell: dict[str, str], is_main: bool) -> str:
+def _train(run_dir: Path, config: Config, cell: Cell, is_main: bool) -> str:
     """Start the workers on the prepared directory; returns the cell's status."""
     try:
         _start_workers(run_dir, config)
@@ -125,14 +122,14 @@ def _train(run_dir: Path, config: Config, cell: dict[str, str], is_main: bool) -
         raise
     except Exception as e:  # the cell failed; the sweep goes on with the next one
         message = f"{type(e).__name__}: {e}".strip().splitlines()[0]
-        log.error("cell %s failed: %s", run_dir.name, message)
+        log.error("cell %s failed: %s", cell.name, message)
         if is_main:
-            _record_failure(run_dir, config, cell, message)
+            _record_failure(run_dir, cell, message)
         return "failed"
     return (rundir.read_json(run_dir / rundir.METRICS) or {}).get("status", "failed")
 
 
-def _run_as_rank(run_dir: Path, config: Config, cell: dict[str, str]) -> str:
+def _run_as_rank(run_dir: Path, config: Config, cell: Cell) -> str:
     """This process is one rank of the cell. Rank 0 alone claims and prepares the directory
     (archive, config.yaml) while the others wait for its decision on the process group, so no
     rank reads config.yaml before rank 0 has written it, and all stop when rank 0 stops."""
@@ -169,8 +166,8 @@ def run_cell(cfg: DictConfig | Config, overrides: list[str], *, start: bool = Tr
     (``torchrun ... -m normbench worker <run_dir>``)."""
     config = as_config(cfg)
     validate(config)
-    cell = rundir.cell_overrides(overrides, config.norm.name, config.batch)
-    run_dir = cell_dir(config, overrides)
+    cell = Cell.of(config, overrides)
+    run_dir = cell.directory(config.out_dir)
     check_reusable(run_dir, config)
     if start and _started_as_ranks():
         return _run_as_rank(run_dir, config, cell)

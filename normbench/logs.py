@@ -10,14 +10,17 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from normbench.track.cell import Cell
 
 FORMAT = "%(asctime)s %(levelname)s %(message)s"
-# Set by `normbench sweep` for its cells, which launchers start with the parent's environment:
-# the number of cells, and the keys the sweep varies (what tells its cells apart).
+# Set by `normbench sweep` for its cells, which launchers start with the parent's environment
+# (and the cells' workers inherit): the number of cells, and the keys the sweep varies (what
+# tells its cells apart).
 SWEEP_ENV = "NORMBENCH_SWEEP_TOTAL"
 SWEEP_KEYS_ENV = "NORMBENCH_SWEEP_KEYS"
-# Set by a sweep's job for the workers it starts: the label their console lines start with.
-CELL_LABEL_ENV = "NORMBENCH_CELL_LABEL"
 # Set by a sweep that shows a live view of its cells on a terminal: their console then gets only
 # warnings and errors (the view shows their progress; train.log keeps every line).
 LIVE_ENV = "NORMBENCH_LIVE_VIEW"
@@ -28,19 +31,11 @@ def in_sweep() -> bool:
     return SWEEP_ENV in os.environ
 
 
-def sweep_cell_label() -> str | None:
-    """The label of the sweep cell this worker trains (None outside a sweep)."""
-    return os.environ.get(CELL_LABEL_ENV)
-
-
-def cell_label(cell: dict[str, str]) -> str:
+def cell_label(cell: Cell) -> str:
     """A cell's console label: its values of the keys the sweep varies (``batch=4,norm=gn``);
     its full name where the sweep varies none of them."""
     swept = set(filter(None, os.environ.get(SWEEP_KEYS_ENV, "").split(",")))
-    pairs = [f"{k}={v}" for k, v in cell.items() if k in swept] or [
-        f"{k}={v}" for k, v in cell.items()
-    ]
-    return ",".join(pairs)
+    return ",".join(f"{k}={v}" for k, v in cell.overrides.items() if k in swept) or cell.name
 
 
 def setup_logging(

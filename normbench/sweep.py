@@ -27,6 +27,7 @@ from normbench.config import Config, as_config, validate
 from normbench.errors import UserError
 from normbench.logs import LIVE_ENV, cell_label
 from normbench.track import rundir
+from normbench.track.cell import Cell
 from normbench.track.environment import JOB
 
 # A CPU spends per image a fixed time plus a share of a per-chunk time (each chunk of `batch`
@@ -48,28 +49,34 @@ def estimated_cost(cfg: Config) -> float:
 @dataclass(frozen=True)
 class PlannedCell:
     overrides: list[str]  # one "key=value" per axis of the grid, in the grid's order
-    run_dir: Path
+    cell: Cell
     config: Config
     cost: float
     done_before: str | None  # "finished" or "diverged": a result the sweep skips
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cell.directory(self.config.out_dir)
 
 
 def plan(cells: list[list[str]]) -> list[PlannedCell]:
     """Compose and check every cell before any runs: a bad value fails now, naming its cell."""
     from normbench.hydra_app import compose
-    from normbench.job import cell_dir, check_reusable
+    from normbench.job import check_reusable
 
     planned = []
     for overrides in cells:
         config = as_config(compose(overrides))
-        run_dir = cell_dir(config, overrides)
+        cell = Cell.of(config, overrides)
+        run_dir = cell.directory(config.out_dir)
         try:
             validate(config)
             check_reusable(run_dir, config)
         except UserError as e:
-            raise UserError(f"cell {run_dir.name}: {e}") from None
+            raise UserError(f"cell {cell.name}: {e}") from None
         done = None if config.rerun else rundir.finished_status(run_dir)
-        planned.append(PlannedCell(overrides, run_dir, config, estimated_cost(config), done))
+        cost = estimated_cost(config)
+        planned.append(PlannedCell(overrides, cell, config, cost, done))
     return planned
 
 
@@ -79,12 +86,10 @@ def folders(planned: list[PlannedCell]) -> list[Path]:
 
 
 def swept_keys(planned: list[PlannedCell]) -> list[str]:
-    """The keys whose value differs between cells, as their directories name them."""
-    names = [
-        rundir.cell_overrides(c.overrides, c.config.norm.name, c.config.batch) for c in planned
-    ]
-    keys = dict.fromkeys(key for name in names for key in name)
-    return [key for key in keys if len({name.get(key) for name in names}) > 1]
+    """The keys whose value differs between cells, among the overrides that name them."""
+    named = [c.cell.overrides for c in planned]
+    keys = dict.fromkeys(key for overrides in named for key in overrides)
+    return [key for key in keys if len({overrides.get(key) for overrides in named}) > 1]
 
 
 def costliest_first(planned: list[PlannedCell]) -> list[str] | None:
@@ -227,9 +232,8 @@ class Watch:
                     (cell.run_dir / JOB).stat().st_mtime >= self.started
                 )
                 state = "running" if started else "waiting"
-            name = rundir.cell_overrides(cell.overrides, cell.config.norm.name, cell.config.batch)
             table.add_row(
-                cell_label(name), state, f"{len(history)}/{cell.config.epochs}",
+                cell_label(cell.cell), state, f"{len(history)}/{cell.config.epochs}",
                 f"{float(last['val_error']):.2f}" if last else "",
                 f"{float(last['images_per_s']):.0f}" if last else "",
             )  # fmt: skip

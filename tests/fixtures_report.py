@@ -1,5 +1,8 @@
 """Fake run directories (runs/<experiment>/<cell>/) in the contract's format, for report tests.
 
+A cell's identity (the fields of normbench.track.cell.Cell) is written as the job writes it, into
+job.json, and, once the cell is done, into metrics.json beside its results.
+
 Each finished cell gets a 6-epoch history whose val errors are
 ``[e + 20, e + 2, e + 1, e, e - 1, e - 0.5]`` for a target ``e``: the median of the last 5 is
 ``e``, the final ``e - 0.5`` and the best ``e - 1``, so the three metrics are told apart.
@@ -37,11 +40,13 @@ def write_cell(
     group_size: int | None = None,
     ws: bool = False,
     stored_median5: float | None = None,
+    record: bool = True,
 ) -> Path:
     """Write one cell; ``status`` "unfinished" leaves out metrics.json and half the history.
 
     ``stored_median5`` stores a val_error_median5 field that differs from the history, to show
-    which of the two the report reads.
+    which of the two the report reads. ``record=False`` writes a job.json without the cell's
+    record, as jobs did before they stored it.
     """
     norm = overrides["norm"]
     batch = overrides.get("batch", 32)
@@ -58,6 +63,14 @@ def write_cell(
         "dataset": {"name": "synthetic"}, "optim": {"base_lr": 0.1}, "logger": {"name": "none"},
     }  # fmt: skip
     (cell / "config.yaml").write_text(yaml.safe_dump(config))
+    identity = {
+        "cell": cell.name, "overrides": {key: str(value) for key, value in overrides.items()},
+        "experiment": name, "model": "resnet8", "dataset": "synthetic", "norm": norm,
+        "norm_label": norm + ("+ws" if ws else ""), "batch": batch, "gpus": 8,
+        "total_batch": 8 * batch, "seed": seed, "groups": groups, "group_size": group_size,
+    }  # fmt: skip
+    job = {"command": COMMAND.format(name=name)}
+    (cell / "job.json").write_text(json.dumps({**job, "cell": identity} if record else job))
     errors = history_errors(target if target is not None else 50.0)
     if status == "diverged":
         errors = errors[:2] + [float("nan")]
@@ -73,11 +86,8 @@ def write_cell(
         return cell
     finished = status == "finished"
     metrics = {
-        "status": status, "cell": cell.name, "overrides": overrides, "experiment": name,
-        "model": "resnet8", "norm": norm, "norm_label": norm + ("+ws" if ws else ""),
-        "groups": groups, "group_size": group_size, "dataset": "synthetic",
-        "batch": batch, "gpus": 8, "total_batch": 8 * batch, "devices": 1, "seed": seed,
-        "epochs": EPOCHS, "steps": 60, "lr": 0.1 * 8 * batch / 256, "bn_eval_stats": "average",
+        "status": status, **identity, "devices": 1, "epochs": EPOCHS, "steps": 60,
+        "lr": 0.1 * 8 * batch / 256, "bn_eval_stats": "average",
         "val_error_final": errors[-1] if finished else None,
         "val_error_best": min(errors) if finished else None,
         "val_error_median5": (stored_median5 or target) if finished else None,
@@ -156,7 +166,9 @@ def make_zoo_sweep(root: Path) -> Path:
         config = yaml.safe_load((cell / "config.yaml").read_text())
         config["norm"]["name"] = "gn"
         (cell / "config.yaml").write_text(yaml.safe_dump(config))
-        metrics = json.loads((cell / "metrics.json").read_text())
-        metrics.update(norm="gn", norm_label="gn+ws")
+        metrics, job = (json.loads((cell / f).read_text()) for f in ("metrics.json", "job.json"))
+        for identity in (metrics, job["cell"]):
+            identity.update(norm="gn", norm_label="gn+ws")
         (cell / "metrics.json").write_text(json.dumps(metrics))
+        (cell / "job.json").write_text(json.dumps(job))
     return sweep

@@ -20,7 +20,7 @@ from fixtures_report import (
 
 from normbench.errors import UserError
 from normbench.report import build_report, collect_runs, format_report, median_last, write_atomic
-from normbench.report.collect import errors_from_history, identity_from_cell_name
+from normbench.report.collect import errors_from_history
 from normbench.report.paper import PAPER_TABLES, load_paper_table
 from normbench.report.plots import plot_sweep
 from normbench.report.tables import (
@@ -74,11 +74,6 @@ def test_errors_from_history() -> None:
     }
 
 
-def test_identity_from_cell_name() -> None:
-    fields = identity_from_cell_name("batch=4,norm=gn,norm.groups=16,model.ws=true")
-    assert fields == {"batch": 4, "norm": "gn", "groups": 16, "norm_label": "gn"}
-
-
 def test_collect_reads_every_cell_and_its_status(batch_sweep: Path) -> None:
     cells = collect_runs(batch_sweep).set_index("cell")
     assert len(cells) == 12
@@ -88,10 +83,34 @@ def test_collect_reads_every_cell_and_its_status(batch_sweep: Path) -> None:
         "unfinished": 1,
     }
     unfinished = cells.loc["batch=2,norm=gn,seed=0"]
-    # identified from config.yaml although metrics.json is missing
+    # identified from the cell's record in job.json although metrics.json is missing
     assert (unfinished["norm"], unfinished["batch"], unfinished["groups"]) == ("gn", 2, 32)
     assert unfinished["epochs_done"] == 3
     assert cells.loc["batch=2,norm=bn,seed=0", "diverged_at_step"] == 25
+
+
+@pytest.mark.parametrize("status", ["finished", "unfinished"])
+def test_a_renamed_directory_holds_the_same_cell(tmp_path: Path, status: str) -> None:
+    # The cell is read from its record (metrics.json, else job.json), never from the name.
+    sweep = tmp_path / "exp"
+    overrides = {"batch": 4, "norm": "gn", "norm.groups": 8, "optim.base_lr": 0.2}
+    cell = write_cell(sweep, overrides, 12.0, status=status, groups=8)
+    renamed = cell.rename(sweep / "batch=32,norm=bn")
+    (row,) = collect_runs(sweep).to_dict("records")
+    assert (row["cell"], row["path"]) == (cell.name, str(renamed))
+    assert (row["norm"], row["batch"], row["groups"], row["total_batch"]) == ("gn", 4, 8, 32)
+    assert json.loads(row["overrides"])["optim.base_lr"] == "0.2"
+
+
+def test_a_cell_without_a_record_is_identified_from_its_config(tmp_path: Path) -> None:
+    # A directory written before job.json held the cell: its config says what it is, and no
+    # overrides are known; the directory's name only labels it.
+    sweep = tmp_path / "exp"
+    cell = write_cell(sweep, {"batch": 4, "norm": "gn"}, status="unfinished", record=False)
+    cell.rename(sweep / "old-cell")
+    (row,) = collect_runs(sweep).to_dict("records")
+    assert (row["cell"], row["norm"], row["batch"], row["total_batch"]) == ("old-cell", "gn", 4, 32)
+    assert pd.isna(row["overrides"])
 
 
 def test_the_stored_metric_field_is_what_is_read(tmp_path: Path) -> None:
@@ -219,6 +238,8 @@ def test_cells_differing_in_another_swept_key_are_rows_not_seeds(tmp_path: Path)
                 overrides = {"norm": norm, "batch": batch, "dataset": "synthetic",
                              "optim.base_lr": lr}  # fmt: skip
                 write_cell(sweep, overrides, target + offset)
+    for i, cell in enumerate(sorted(sweep.iterdir())):  # the overrides are read from the records
+        cell.rename(sweep / f"cell{i}")
     (table,) = build_tables(collect_runs(sweep))
     assert list(table.mean.index) == [
         "BN optim.base_lr=0.1", "BN optim.base_lr=0.2", "GN optim.base_lr=0.1",

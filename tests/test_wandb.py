@@ -35,7 +35,9 @@ from wandb_records import (
     summary,
 )
 
+from normbench.config import Config, DatasetConfig, ModelConfig, NormConfig
 from normbench.errors import UserError
+from normbench.track.cell import Cell
 from normbench.track.tracker import NullTracker, open_tracker
 from normbench.track.wandb_tracker import (
     ID_FILE,
@@ -47,7 +49,6 @@ from normbench.track.wandb_tracker import (
 )
 
 EXPERIMENT = "gn_vs_bn"
-CELL = "batch=4,norm=gn"
 CONFIG = {
     "name": EXPERIMENT,
     "batch": 4,
@@ -57,7 +58,12 @@ CONFIG = {
     "dataset": {"name": "synthetic"},
     "logger": {"kind": "wandb", "project": "normbench-test", "entity": None, "mode": "offline"},
 }
-TAGS = {"norm": "gn", "batch": "4", "model": "resnet20", "dataset": "synthetic"}
+# The cell of CONFIG, as the job computes it.
+CELL = Cell.of(
+    Config(name=EXPERIMENT, batch=4, gpus=8, model=ModelConfig("resnet20"),
+           norm=NormConfig("gn", groups=32), dataset=DatasetConfig("synthetic")),
+    ["norm=gn", "batch=4"],
+)  # fmt: skip
 FINAL = {"val_error_final": 30.0, "val_error_best": 29.0, "val_error_median5": 31.5}
 
 
@@ -93,7 +99,7 @@ def offline_wandb(tmp_path_factory):
 
 
 def _open(run_dir: Path, **overrides):
-    args = {"experiment": EXPERIMENT, "cell_name": CELL, "tags": TAGS, "rank": 0, **overrides}
+    args = {"cell": CELL, "rank": 0, **overrides}
     return open_tracker("wandb", run_dir, CONFIG, **args)
 
 
@@ -121,7 +127,7 @@ def _finished(directory: Path, runs: int = 1, timeout: float = 10.0) -> tuple[Pa
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     """One finished offline cell run: two epochs of two logged steps each, then the summary."""
-    run_dir = tmp_path_factory.mktemp("runs") / EXPERIMENT / CELL
+    run_dir = CELL.directory(tmp_path_factory.mktemp("runs"))
     tracker = _open(run_dir)
     assert isinstance(tracker, WandbTracker)
     for step in (1, 2, 3, 4):
@@ -149,10 +155,12 @@ def test_run_identity_config_and_summary(session):
     assert info["id"] == run_id == (run_dir / ID_FILE).read_text().strip()
     assert info["project"] == "normbench-test"
     assert (info["group"], info["job_type"], info["name"]) == (EXPERIMENT, "train", "gn-b4")
-    assert {"norm:gn", "batch:4", "model:resnet20", "dataset:synthetic"} <= set(info["tags"])
+    assert {"norm:gn", "batch:4", "model:resnet20", "dataset:synthetic", "gpus:8"} == set(
+        info["tags"]
+    )
     logged = config(records)
     assert logged["norm"] == {"name": "gn", "groups": 32}
-    assert (logged["batch"], logged["cell"]) == (4, CELL)
+    assert (logged["batch"], logged["cell"]) == (4, "batch=4,norm=gn")
     final = summary(records)
     assert {key: final[key] for key in FINAL} == FINAL
     assert exit_code(records) == 0
@@ -236,9 +244,7 @@ def test_finish_turns_wandb_failures_into_one_warning(caplog):
 )
 def test_null_tracker_writes_nothing(tmp_path, kind, rank, mode):
     cfg = {**CONFIG, "logger": {**CONFIG["logger"], "mode": mode}}
-    tracker = open_tracker(
-        kind, tmp_path, cfg, experiment=EXPERIMENT, cell_name=CELL, tags=TAGS, rank=rank
-    )
+    tracker = open_tracker(kind, tmp_path, cfg, cell=CELL, rank=rank)
     assert isinstance(tracker, NullTracker)
     tracker.log({"train/loss": 1.0}, step=1)
     tracker.summary(FINAL)
@@ -279,9 +285,8 @@ def test_failing_wandb_init_gives_a_null_tracker(tmp_path, monkeypatch, caplog):
 
 def test_unknown_kind_and_mode_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown logger 'tensorboard'"):
-        open_tracker("tensorboard", tmp_path, CONFIG, experiment="e", cell_name=CELL, tags={},
-                     rank=0)  # fmt: skip
-    with pytest.raises(UserError, match="allowed: offline, online, disabled, auto"):
+        open_tracker("tensorboard", tmp_path, CONFIG, cell=CELL, rank=0)
+    with pytest.raises(UserError, match="allowed: offline, online, auto, disabled"):
         resolve_mode("dryrun")
 
 
@@ -302,16 +307,20 @@ def test_auto_mode_goes_online_only_with_credentials(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("cell", "tags", "expected"),
+    ("overrides", "ws", "expected"),
     [
-        ("batch=4,norm=gn", {}, "gn-b4"),
-        ("batch=2,norm=gn", {"norm": "gn+ws"}, "gn+ws-b2"),
-        ("batch=32,norm=gn,norm.groups=8,seed=1", {}, "gn-b32-groups=8-seed=1"),
-        ("norm.group_size=16", {}, "gn-b4-group_size=16"),  # norm and batch from the config
+        (["batch=4", "norm=gn"], False, "gn-b4"),
+        (["norm=gn", "batch=2", "model.ws=true"], True, "gn+ws-b2"),  # the label says ws
+        (["seed=1", "norm.groups=8", "batch=32", "norm=gn"], False, "gn-b32-groups=8-seed=1"),
+        (["norm.group_size=16", "logger=none"], False, "gn-b4-group_size=16"),
     ],
 )
-def test_run_name_from_the_cell(cell, tags, expected):
-    assert run_name(cell, CONFIG, tags) == expected
+def test_run_name_from_the_cell(overrides, ws, expected):
+    # The config as those overrides compose it (norm and batch from the config when not given).
+    values = dict(item.split("=", 1) for item in overrides)
+    cfg = Config(batch=int(values.get("batch", 4)), model=ModelConfig(ws=ws),
+                 norm=NormConfig("gn"))  # fmt: skip
+    assert run_name(Cell.of(cfg, overrides)) == expected
 
 
 def test_flat_table_keeps_index_and_stringifies_columns():

@@ -3,8 +3,10 @@
 Reading only: nothing under a run directory is ever written. A cell is a directory holding at
 least one of config.yaml, history.csv or metrics.json; metrics.json (written last, atomically by
 the trainer) means the cell is done, so a cell without it is "unfinished" (still running, or
-killed). Cells are identified from metrics.json, else config.yaml, else the cell's name
-("batch=4,norm=gn").
+killed). A cell is identified by its record (normbench.track.cell.Cell): from metrics.json, else
+the one job.json stores, else (a directory written before job.json held it) from config.yaml,
+with no overrides known. The directory's name is never read for what the cell is; it only
+labels a cell that has no record.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 import yaml
 
 from normbench.errors import UserError
+from normbench.track.environment import JOB, JOB_CELL
 
 CELL_FILES = ("metrics.json", "config.yaml", "history.csv")
 STATUSES = ("finished", "diverged", "failed", "unfinished")
@@ -31,8 +34,9 @@ DIAGNOSTIC_FIELDS = (
 )  # fmt: skip
 
 # One row per cell, in this column order (metrics.json fields, plus epochs_done and path).
+# `overrides` (the science overrides that name the cell) and `versions` are JSON text.
 CELL_COLUMNS = [
-    "cell", "status", "experiment", "model", "dataset", "norm", "norm_label", "groups",
+    "cell", "overrides", "status", "experiment", "model", "dataset", "norm", "norm_label", "groups",
     "group_size", "batch", "gpus", "total_batch", "devices", "seed", "epochs", "epochs_done",
     "steps", "lr", "bn_eval_stats", "metric", *ERROR_FIELDS, "train_error_final", "wall_time_s",
     "images_per_s", "peak_mem_mb", *DIAGNOSTIC_FIELDS, "skipped_images", "diverged_at_step",
@@ -88,37 +92,9 @@ def is_cell_dir(path: Path) -> bool:
     return path.is_dir() and any((path / name).is_file() for name in CELL_FILES)
 
 
-def _parse_value(text: str) -> Any:
-    """Turn an override value from a cell name into int, float, bool or str."""
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("null", "none"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def identity_from_cell_name(name: str) -> dict[str, Any]:
-    """Fields recoverable from a cell's name, e.g. "batch=4,norm=gn,norm.groups=16"."""
-    fields: dict[str, Any] = {}
-    for part in name.split(","):
-        key, sep, value = part.partition("=")
-        # "norm.groups" -> "groups": only the last component names a column.
-        column = key.strip().split(".")[-1]
-        if sep and column in CELL_COLUMNS:
-            fields[column] = _parse_value(value.strip())
-    if isinstance(fields.get("norm"), str):
-        fields.setdefault("norm_label", fields["norm"])
-    return fields
-
-
 def identity_from_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Fields of a cell taken from its resolved config.yaml (used when metrics.json is absent)."""
+    """Fields of a cell taken from its resolved config.yaml: the settings an unfinished cell
+    reports (epochs, metric), and its identity where no cell record says it."""
     model = config.get("model") or {}
     norm = config.get("norm") or {}
     dataset = config.get("dataset") or {}
@@ -143,14 +119,20 @@ def identity_from_config(config: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
-def _read_metrics(cell_dir: Path) -> dict[str, Any] | None:
-    path = cell_dir / "metrics.json"
+def _read_json(path: Path, what: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"unreadable metrics file '{path}': {exc} (expected JSON)") from exc
+        raise UserError(f"unreadable {what} file '{path}': {exc} (expected JSON)") from exc
+
+
+def _read_metrics(cell_dir: Path) -> dict[str, Any] | None:
+    path = cell_dir / "metrics.json"
+    metrics = _read_json(path, "metrics")
+    if metrics is None:
+        return None
     if metrics.get("status") not in STATUSES[:3]:
         raise UserError(
             f"unknown status {metrics.get('status')!r} in '{path}' "
@@ -174,15 +156,17 @@ def read_cell(cell_dir: Path) -> dict[str, Any]:
     """One record (CELL_COLUMNS) describing a cell directory."""
     cell_dir = Path(cell_dir)
     record: dict[str, Any] = dict.fromkeys(CELL_COLUMNS)
-    record.update(identity_from_cell_name(cell_dir.name))
     config = _read_config(cell_dir)
     if config is not None:
         record.update(identity_from_config(config))
+    stored = (_read_json(cell_dir / JOB, "job") or {}).get(JOB_CELL) or {}
     metrics = _read_metrics(cell_dir)
-    if metrics is not None:
-        record.update({k: v for k, v in metrics.items() if k in record and v is not None})
-        if isinstance(record["versions"], dict):
-            record["versions"] = json.dumps(record["versions"], sort_keys=True)
+    # Later sources win: metrics.json holds the cell's fields as the trainer saw them.
+    for source in (stored, metrics or {}):
+        record.update({k: v for k, v in source.items() if k in record and v is not None})
+    for column in ("overrides", "versions"):
+        if isinstance(record[column], dict):
+            record[column] = json.dumps(record[column], sort_keys=True)
     history = read_history(cell_dir)
     record["status"] = metrics["status"] if metrics is not None else "unfinished"
     record["epochs_done"] = 0 if history is None else len(history)
@@ -191,7 +175,7 @@ def read_cell(cell_dir: Path) -> dict[str, Any]:
     if record["status"] == "finished" and missing and history is not None:
         computed = errors_from_history(history)
         record.update({field: computed[field] for field in missing})
-    record["cell"] = cell_dir.name
+    record["cell"] = record["cell"] or cell_dir.name  # a label only: no record says the name
     record["path"] = str(cell_dir)
     return record
 

@@ -14,6 +14,7 @@ Each of our tables sits beside the paper's table in the same layout and a delta 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,7 +24,6 @@ import pandas as pd
 
 from normbench.errors import UserError
 from normbench.report.paper import load_paper_table, paper_sources
-from normbench.track.rundir import split_override_dirname
 
 DEFAULT_METRIC = "val_error_median5"
 METRICS: dict[str, str] = {
@@ -86,15 +86,13 @@ SHOWN_KEYS = frozenset({"norm", "batch", "seed", "norm.groups", "norm.group_size
 
 
 def setting_suffixes(cells: pd.DataFrame) -> pd.Series:
-    """ " key=value" for every other override that differs between cells (read from cell names).
+    """ " key=value" for every other override that differs between cells (their `overrides`,
+    JSON text; missing where a cell's record is older than them).
 
     Cells of a sweep over, say, ``optim.base_lr=0.1,0.2`` must never be averaged together as if
     they were seeds: the suffix keeps them in rows (or columns) of their own.
     """
-    overrides = [
-        dict(item.split("=", 1) for item in split_override_dirname(str(name)) if "=" in item)
-        for name in cells["cell"]
-    ]
+    overrides = [json.loads(text) if isinstance(text, str) else {} for text in cells["overrides"]]
     keys = sorted({key for cell in overrides for key in cell} - SHOWN_KEYS)
     varying = [key for key in keys if len({cell.get(key) for cell in overrides}) > 1]
     suffixes = [

@@ -1,9 +1,12 @@
 """What a result needs beside its numbers to be trusted: the cell, the semantics it ran with
-(per-GPU batch, total batch, processes, lr, BN statistics mode), the command, versions, commit."""
+(per-GPU batch, total batch, processes, lr, BN statistics mode), the command, versions, commit.
+
+job.json, written by the job before its workers start, holds the command and the cell
+(:class:`~normbench.track.cell.Cell`); the workers read the cell from there.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import socket
@@ -16,10 +19,13 @@ from typing import Any
 import torch
 
 import normbench
-from normbench.config import Config, learning_rate, norm_label, total_batch
-from normbench.track.rundir import skipped_images
+from normbench.config import Config, learning_rate
+from normbench.errors import UserError
+from normbench.track.cell import Cell
+from normbench.track.rundir import read_json, skipped_images, write_json
 
-JOB = "job.json"  # written by the parent: the command and overrides that created the cell
+JOB = "job.json"  # written by the parent: the command that created the cell, and the cell
+JOB_CELL = "cell"  # the key of the cell's record in job.json
 COMMAND_ENV = "NORMBENCH_COMMAND"
 
 
@@ -47,38 +53,34 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def write_job(run_dir: Path, overrides: dict[str, str]) -> None:
-    from normbench.track.rundir import write_json
-
+def write_job(run_dir: Path, cell: Cell) -> None:
     # The CLI records the user's command line for its workers and sweep jobs (whose own argv is
     # Hydra's or a launcher's); a direct Python call falls back to argv.
     command = os.environ.get(COMMAND_ENV) or "normbench " + " ".join(sys.argv[1:])
-    write_json(run_dir / JOB, {"command": command, "overrides": overrides})
+    write_json(run_dir / JOB, {"command": command, JOB_CELL: cell.as_dict()})
 
 
-def run_record(cfg: Config, run_dir: Path, env, trainer) -> dict[str, Any]:
+def stored_cell(run_dir: Path) -> Cell:
+    """The cell the job stored in `run_dir`'s job.json."""
+    record = (read_json(run_dir / JOB) or {}).get(JOB_CELL)
+    if record is None:  # a directory prepared before job.json held the cell
+        raise UserError(
+            f"{run_dir / JOB} does not say which cell this is: prepare the directory again "
+            "(normbench prepare with the cell's overrides)"
+        )
+    return Cell.from_dict(record)
+
+
+def run_record(cfg: Config, cell: Cell, run_dir: Path, env, trainer) -> dict[str, Any]:
     """Everything metrics.json holds besides the results themselves."""
-    job = json.loads((run_dir / JOB).read_text()) if (run_dir / JOB).exists() else {}
     progress = trainer.progress
-    images = progress.step * total_batch(cfg)
+    images = progress.step * cell.total_batch
     return {
-        "cell": run_dir.name,
-        "overrides": job.get("overrides", {}),
-        "command": job.get("command"),
-        "experiment": cfg.name,
-        "model": cfg.model.name,
-        "norm": cfg.norm.name,
-        "norm_label": norm_label(cfg),
-        "groups": cfg.norm.groups,
-        "group_size": cfg.norm.group_size,
-        "dataset": cfg.dataset.name,
-        "batch": cfg.batch,
-        "gpus": cfg.gpus,
-        "total_batch": total_batch(cfg),
+        **cell.as_dict(),
+        "command": (read_json(run_dir / JOB) or {}).get("command"),
         "devices": env.world_size,
         "emulated_gpus_per_device": trainer.chunks,
         "device": str(env.device),
-        "seed": cfg.seed,
         "epochs": cfg.epochs,
         "steps": progress.step,
         "lr": learning_rate(cfg),

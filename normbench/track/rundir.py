@@ -1,6 +1,7 @@
 """The run directory: the record of one cell.
 
     <out_dir>/<experiment>/<cell>/config.yaml    resolved config, written before training
+                                   job.json       the command and the cell's record (cell.py)
                                    history.csv    one row per epoch
                                    steps.csv      train loss and lr every log_every_steps
                                    metrics.json   written last; its presence means "done"
@@ -95,17 +96,6 @@ def _canonical(value: str) -> str:
 def cell_name(overrides: Iterable[str], norm: str, batch: int) -> str:
     """Directory name of a cell, e.g. ``batch=4,norm=gn``: stable whatever the override order."""
     return ",".join(f"{k}={v}" for k, v in cell_overrides(overrides, norm, batch).items())
-
-
-def split_override_dirname(dirname: str) -> list[str]:
-    """Hydra's ``job.override_dirname`` ("a=1,b=2") back into overrides."""
-    items: list[str] = []
-    for part in dirname.split(","):
-        if "=" in part or not items:
-            items.append(part)
-        else:  # a value that itself contained a comma
-            items[-1] += "," + part
-    return items
 
 
 TEMP_SUFFIX = ".tmp"

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from normbench.config import LOGGERS
 from normbench.errors import UserError
-
-KINDS = ("none", "wandb")
+from normbench.track.cell import Cell
 
 
 class Tracker(Protocol):
@@ -47,25 +47,20 @@ def open_tracker(
     run_dir: Path,
     config: dict[str, Any],
     *,
-    experiment: str,
-    cell_name: str,
-    tags: dict[str, str],
+    cell: Cell,
     rank: int,
     logger_config: Mapping[str, Any] | object | None = None,
 ) -> Tracker:
-    """The tracker of one cell: a W&B run on rank 0 for ``kind="wandb"``, else a NullTracker.
+    """The tracker of `cell`: a W&B run on rank 0 for ``kind="wandb"``, else a NullTracker.
 
     `config` is the resolved config as plain containers; its ``logger`` section (or
     `logger_config`, a mapping or dataclass, when given) holds project, entity and mode.
     """
-    if kind not in KINDS:
-        raise UserError(f"unknown logger {kind!r} (allowed: {', '.join(KINDS)})")
+    if kind not in LOGGERS:
+        raise UserError(f"unknown logger {kind!r} (allowed: {', '.join(LOGGERS)})")
     if kind == "none" or rank != 0:  # one W&B run per cell: only rank 0 reports
         return NullTracker()
     # Imported here: the W&B module imports wandb lazily, but keep logger=none free of it too.
     from normbench.track.wandb_tracker import open_wandb_tracker
 
-    return open_wandb_tracker(
-        Path(run_dir), config, experiment=experiment, cell_name=cell_name, tags=tags,
-        logger_config=logger_config,
-    )  # fmt: skip
+    return open_wandb_tracker(Path(run_dir), config, cell=cell, logger_config=logger_config)

@@ -1,8 +1,9 @@
 """Weights & Biases: one W&B run per cell, plus one "report" run per sweep.
 
 Layout in W&B: project = ``logger.project``, group = the experiment, job_type ``train`` for cells
-and ``report`` for the sweep's table and plots, run name from the cell (``gn-b4``), tags
-``key:value`` (``norm:gn``, ``batch:4``, ...). The run id lives in ``<run_dir>/wandb_id.txt`` so a
+and ``report`` for the sweep's table and plots; a cell's run name (``gn-b4``) and tags
+``key:value`` (``norm:gn``, ``batch:4``, ...) come from its record
+(:class:`~normbench.track.cell.Cell`). The run id lives in ``<run_dir>/wandb_id.txt`` so a
 resumed cell continues the same W&B run. Files go to ``<run_dir>/wandb`` (offline runs can be
 uploaded later with ``wandb sync <run_dir>/wandb/offline-run-*``).
 
@@ -23,8 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from normbench.config import WANDB_MODES
 from normbench.errors import UserError
 from normbench.track import rundir
+from normbench.track.cell import Cell
 from normbench.track.tracker import NullTracker, Tracker
 
 if TYPE_CHECKING:
@@ -32,9 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODES = ("offline", "online", "disabled", "auto")
-DEFAULT_PROJECT = "normbench"
-DEFAULT_MODE = "auto"
 ID_FILE = "wandb_id.txt"
 REPORT_DIR = "report"
 RESULTS_KEY = "results"
@@ -44,6 +44,8 @@ DEFAULT_API_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
 # The loop logs per-epoch rows as "epoch/<history column>" and a fractional "epoch" at each
 # logged step: plot the former against the latter.
 EPOCH_METRICS = "epoch/*"
+# Overrides a run's name already shows through the norm label and the batch.
+NAMED_KEYS = frozenset({"norm", "batch", "model.ws"})
 # Lower is better for every error the summary holds.
 MIN_SUMMARY_METRICS = ("val_error_median5", "val_error_final", "val_error_best")
 
@@ -75,14 +77,12 @@ def open_wandb_tracker(
     run_dir: Path,
     config: dict[str, Any],
     *,
-    experiment: str,
-    cell_name: str,
-    tags: dict[str, str],
+    cell: Cell,
     logger_config: Mapping[str, Any] | object | None = None,
 ) -> Tracker:
-    """Start (or resume) the W&B run of one cell; a NullTracker when W&B is off or unavailable."""
+    """Start (or resume) the W&B run of `cell`; a NullTracker when W&B is off or unavailable."""
     settings = logger_settings(config, logger_config)
-    mode = resolve_mode(settings.get("mode") or DEFAULT_MODE)
+    mode = resolve_mode(settings["mode"])
     if mode == "disabled":
         return NullTracker()
     wandb = import_wandb()
@@ -90,9 +90,8 @@ def open_wandb_tracker(
         return NullTracker()
     run = start_run(
         wandb, run_dir, mode, settings,
-        id=cell_run_id(run_dir), resume="allow", group=experiment, job_type="train",
-        name=run_name(cell_name, config, tags), tags=[f"{k}:{v}" for k, v in tags.items()],
-        config={"cell": cell_name, **config},
+        id=cell_run_id(run_dir), resume="allow", group=cell.experiment, job_type="train",
+        name=run_name(cell), tags=run_tags(cell), config={"cell": cell.name, **config},
     )  # fmt: skip
     if run is None:
         return NullTracker()
@@ -115,7 +114,7 @@ def log_report(
     Files go to ``<sweep_dir>/report/wandb``. `images` maps W&B keys to PNG files.
     """
     settings = logger_settings(config, None)
-    mode = resolve_mode(settings.get("mode") or DEFAULT_MODE)
+    mode = resolve_mode(settings["mode"])
     if mode == "disabled":
         return
     wandb = import_wandb()
@@ -161,7 +160,7 @@ def start_run(wandb: Any, directory: Path, mode: str, settings: Mapping[str, Any
     )
     try:
         return wandb.init(
-            project=settings.get("project") or DEFAULT_PROJECT,
+            project=settings["project"],
             entity=settings.get("entity") or None,
             dir=str(directory),
             mode=mode,
@@ -199,8 +198,8 @@ def resolve_mode(mode: str) -> str:
     configured (WANDB_API_KEY, or a .netrc entry for the W&B host) and offline otherwise, so
     a machine without credentials or network never waits on a login prompt or a timeout.
     """
-    if mode not in MODES:
-        raise UserError(f"unknown W&B mode {mode!r} (allowed: {', '.join(MODES)})")
+    if mode not in WANDB_MODES:
+        raise UserError(f"unknown W&B mode {mode!r} (allowed: {', '.join(WANDB_MODES)})")
     if mode != "auto":
         return mode
     env_mode = os.environ.get("WANDB_MODE", "")
@@ -237,25 +236,25 @@ def cell_run_id(run_dir: Path) -> str:
     return new_id
 
 
-def run_name(cell_name: str, config: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+def run_name(cell: Cell) -> str:
     """A short display name: norm label, ``b<batch>``, then the cell's other overrides.
 
-    ``batch=4,norm=gn`` -> ``gn-b4``; ``batch=32,norm=gn,norm.groups=8`` -> ``gn-b32-groups=8``.
-    The label comes from the tags when given (``gn+ws``), else the cell, else the config.
+    ``batch=4,norm=gn`` -> ``gn-b4``; ``batch=32,norm=gn,norm.groups=8`` -> ``gn-b32-groups=8``;
+    with weight standardization ``gn+ws-b4``.
     """
-    overrides = {}
-    for item in rundir.split_override_dirname(cell_name):
-        key, sep, value = item.partition("=")
-        if sep:
-            overrides[key.lstrip("+~")] = value
-    norm_config = config.get("norm")
-    configured = norm_config.get("name") if isinstance(norm_config, Mapping) else norm_config
-    norm = overrides.pop("norm", None)
-    norm = tags.get("norm") or norm or configured
-    batch = overrides.pop("batch", None) or tags.get("batch") or config.get("batch")
-    parts = [part for part in (norm, None if batch is None else f"b{batch}") if part]
-    parts += [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in overrides.items()]
-    return "-".join(parts) or cell_name
+    others = [
+        f"{key.rsplit('.', 1)[-1]}={value}"
+        for key, value in cell.overrides.items()
+        if key not in NAMED_KEYS
+    ]
+    return "-".join([cell.norm_label, f"b{cell.batch}", *others])
+
+
+def run_tags(cell: Cell) -> list[str]:
+    """``key:value`` tags to filter the cells of a project by."""
+    tags = {"norm": cell.norm_label, "batch": cell.batch, "model": cell.model,
+            "dataset": cell.dataset, "gpus": cell.gpus}  # fmt: skip
+    return [f"{key}:{value}" for key, value in tags.items()]
 
 
 def flat_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -28,7 +28,6 @@ from normbench.config import (
     as_config,
     gpus_per_device,
     learning_rate,
-    norm_label,
     total_batch,
 )
 from normbench.data import build_datasets
@@ -43,7 +42,7 @@ from normbench.norms import (
     sync_running_stats,
 )
 from normbench.track import rundir
-from normbench.track.environment import run_record
+from normbench.track.environment import run_record, stored_cell
 from normbench.track.tracker import open_tracker
 from normbench.train.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from normbench.train.diagnostics import bn_diagnostics, has_per_gpu_statistics
@@ -484,15 +483,16 @@ def _finite_or_none(value: float) -> float | None:
 
 def run_worker(run_dir: str | Path) -> None:
     """Entry point of every worker process (torchrun, srun, or in-process): train one cell."""
-    from normbench.logs import setup_logging, sweep_cell_label
+    from normbench.logs import cell_label, in_sweep, setup_logging
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
+    cell = stored_cell(run_dir)
     env = init_process(cfg)
     if env.device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
-    cell = sweep_cell_label()  # in a sweep: its other cells share the console
-    setup_logging(run_dir / rundir.LOG if env.is_main else None, rank=env.rank, cell=cell)
+    label = cell_label(cell) if in_sweep() else None  # in a sweep, other cells share the console
+    setup_logging(run_dir / rundir.LOG if env.is_main else None, rank=env.rank, cell=label)
     started = time.time()
     tracker = None
     outcome: dict[str, Any] = {"status": "failed", "error": None, "diverged_at_step": None}
@@ -500,14 +500,13 @@ def run_worker(run_dir: str | Path) -> None:
         trainer = Trainer(run_dir, cfg, env)
         tracker = open_tracker(
             cfg.logger.kind, run_dir, OmegaConf.to_container(OmegaConf.structured(cfg)),
-            experiment=cfg.name, cell_name=run_dir.name,
-            tags=_tags(cfg), rank=env.rank, logger_config=cfg.logger,
+            cell=cell, rank=env.rank, logger_config=cfg.logger,
         )  # fmt: skip
         if env.is_main:
             log.info(
                 "cell %s: %s + %s on %s | batch/GPU %d x %d GPUs = total %d | %d process(es) x "
                 "%d emulated GPU(s) | lr %.4g | norm options %s | BN eval stats: %s",
-                run_dir.name, cfg.model.name, cfg.norm.name, cfg.dataset.name, cfg.batch,
+                cell.name, cfg.model.name, cfg.norm.name, cfg.dataset.name, cfg.batch,
                 cfg.gpus, total_batch(cfg), env.world_size, trainer.chunks, trainer.lr,
                 cfg.norm.options() or "default", trainer.bn_eval_stats,
             )  # fmt: skip
@@ -515,10 +514,10 @@ def run_worker(run_dir: str | Path) -> None:
             try:
                 outcome = {**outcome, **trainer.run(tracker, guard), "status": "finished"}
             except Diverged as e:
-                log.warning("cell %s diverged: %s", run_dir.name, e)
+                log.warning("cell %s diverged: %s", cell.name, e)
                 outcome.update(status="diverged", diverged_at_step=e.step, error=str(e))
         if env.is_main:
-            metrics = {**run_record(cfg, run_dir, env, trainer), **outcome}
+            metrics = {**run_record(cfg, cell, run_dir, env, trainer), **outcome}
             metrics["wall_time_s"] = time.time() - started
             rundir.write_json(run_dir / rundir.METRICS, metrics)
             tracker.summary({k: v for k, v in metrics.items() if k.startswith("val_error")})
@@ -526,9 +525,3 @@ def run_worker(run_dir: str | Path) -> None:
         if tracker is not None:
             tracker.finish(0 if outcome["status"] != "failed" else 1)
         close_process()
-
-
-def _tags(cfg: Config) -> dict[str, str]:
-    label = norm_label(cfg)
-    return {"norm": label, "batch": str(cfg.batch), "model": cfg.model.name,
-            "dataset": cfg.dataset.name, "gpus": str(cfg.gpus)}  # fmt: skip
