@@ -86,8 +86,10 @@ class DatasetConfig:
     name: str = MISSING
     root: str | None = None
     image_size: int | None = None  # None: the dataset's own (synthetic images have none)
-    train_size: int | None = 2560  # a seeded subset; None: every image (synthetic: none)
-    val_size: int | None = 2000
+    # A seeded subset of the split, set by the mini datasets' files; None: every image (the
+    # synthetic set, generated to order, needs both).
+    train_size: int | None = None
+    val_size: int | None = None
     augment: bool = True
     download: bool = False
     bad_images: str = "fail"  # BAD_IMAGE_POLICIES: fail, or skip (and count) unreadable images
@@ -151,9 +153,10 @@ class Config:
     per GPU and GPU 0's moving averages for evaluation, lr 0.1 x total/256 with no warmup, the
     same epochs for every batch size with step decays (x0.1), weight decay on gamma/beta,
     zero-init of each block's last gamma, the median val error of the last 5 epochs. Chosen for
-    compute only (2 CPU cores; measured in results/tuning.md): 2560 training images (10 full
-    batches of 8 x 32, so every batch size trains on the same images each epoch), 15 epochs with
-    the decays at epochs 6 and 10, so the median's 5 epochs are the final plateau at lr/100.
+    compute only (2 CPU cores; measured in results/tuning.md): 15 epochs with the decays at
+    epochs 6 and 10, so the median's 5 epochs are the final plateau at lr/100, and (in the mini
+    datasets' files) 2560 training images: 10 full batches of 8 x 32, so every batch size trains
+    on the same images each epoch.
     A name without a default (MISSING) is set by the chosen option of its config group.
     """
 

@@ -100,7 +100,7 @@ def test_every_experiment_composes_and_validates(experiment):
     if cfg.dataset.name == "imagenet":  # no ImageNet here: everything but its files is checked
         cfg.dataset.name = "synthetic"
         cfg.dataset.color_jitter = cfg.dataset.lighting = 0.0
-        cfg.dataset.image_size, cfg.dataset.train_size = 32, 256
+        cfg.dataset.image_size, cfg.dataset.train_size, cfg.dataset.val_size = 32, 256, 64
     validate(cfg)
 
 
@@ -119,6 +119,7 @@ def test_paper_experiments_run_the_papers_recipe(experiment):
     assert optim.norm_weight_decay is None  # gamma and beta decayed like every weight
     assert (cfg.norm.eval_stats, cfg.model.zero_init_last_norm) == ("first", True)
     assert (cfg.dataset.color_jitter, cfg.dataset.lighting) == (0.4, 0.1)
+    assert (cfg.dataset.train_size, cfg.dataset.val_size) == (None, None)  # all of ImageNet
 
 
 @pytest.mark.parametrize("table", ["mini-group", "paper-group"])

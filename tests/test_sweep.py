@@ -115,9 +115,10 @@ def test_a_sweep_over_two_experiments_reports_both_and_names_every_line(tmp_path
     assert len(started) == 4 and all("batch=4" in n for n in started[:2]), started
 
 
-def test_a_sweep_hands_hydra_its_costliest_cells_first():
+def test_a_sweep_hands_hydra_its_costliest_cells_first(tmp_path, monkeypatch):
     from normbench.sweep import costliest_first, plan
 
+    monkeypatch.chdir(tmp_path)  # planning reads runs/<cell>/: not the checkout's own runs
     planned = plan(expand_sweep(["experiment=mini-batch", "logger=none"]))
     overrides = costliest_first(planned)
     assert overrides[:3] == ["hydra.sweeper.params=null", "batch=2,4,8,16,32", "norm=bn,gn"]
