@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from normbench.norms import BatchNorm2d, running_stats_of, set_emulated_gpus
+from normbench.norms.batch import other_mode
 from normbench.train.distributed import DistEnv, all_reduce_sum
 from normbench.train.loader import ValSampler
 
@@ -54,24 +55,26 @@ def bn_diagnostics(
     chunks: int,
     precise_batches: int,
     env: DistEnv,
+    headline: tuple[str, float],
 ) -> dict[str, float]:
     """Val error (%) of ``model`` under every mode of :data:`MODES`, plus the seconds it took.
 
     ``model`` must hold moving averages already combined over ranks (the loop's
     ``sync_running_stats``); it is left exactly as it came, buffers and chunks included.
     ``precise_batches`` batches of ``train_loader`` (its batches are this rank's training
-    batches, ``batch x chunks`` images) give the population statistics.
+    batches, ``batch x chunks`` images) give the population statistics. ``headline`` is the
+    model's own mode and the val error the loop measured with it after the last epoch (the
+    same weights and statistics): that one is taken, not measured again.
     """
     started = time.perf_counter()
-    errors = {}
-    for mode in ("average", "first"):
-        with running_stats_of(model, mode):
-            errors[f"ema_{mode}"] = evaluate(model, val_loader)
+    own_mode, own_error = headline
+    errors = {f"ema_{own_mode}": own_error}
+    with running_stats_of(model, other_mode(own_mode)):
+        errors[f"ema_{other_mode(own_mode)}"] = evaluate(model, val_loader)
     with _precise_statistics(model, islice(train_loader, precise_batches), env):
         errors["precise"] = evaluate(model, val_loader)
     errors["batch"] = _batch_statistics_error(model, val_loader, batch, chunks, env)
-    errors["seconds"] = time.perf_counter() - started
-    return errors
+    return {**{mode: errors[mode] for mode in MODES}, "seconds": time.perf_counter() - started}
 
 
 @contextmanager
