@@ -51,7 +51,7 @@ ablation-groups: setup ## Table 3: GN with G = 64..1 groups, then 64..1 channels
 fashion: setup ## the batch sweep and the group ablation on Fashion-MNIST (apt-get install dataset-fashion-mnist)
 	$(BIN)/python scripts/reproduce.py fashion_mnist-batch fashion_mnist-groups
 
-results: setup ## regenerate every committed CPU-scale result under results/ (about an hour on 2 cores; each entry's time in its RUN.md)
+results: setup ## regenerate every committed CPU-scale result under results/ (about 80 minutes on 2 cores; each entry's time in its RUN.md)
 	$(BIN)/python scripts/reproduce.py
 
 report: setup ## rebuild the report of a sweep: make report DIR=runs/fashion_mnist-resnet8
