@@ -29,6 +29,7 @@ ENTRIES: dict[str, list[str]] = {
     "fashion_mnist-batch-seeds": ["experiment=mini-batch", "seed=1,2"],
     # Its two ends on all of Fashion-MNIST: the cells trained 23x longer.
     "fashion_mnist-batch-full": ["experiment=mini-batch-full"],
+    "fashion_mnist-batch-full-seeds": ["experiment=mini-batch-full", "seed=1,2"],
     "fashion_mnist-norms": ["experiment=mini-norms"],
     # Every norm of the zoo at 32, 8, 2 images per GPU on the same protocol.
     "fashion_mnist-zoo": ["experiment=mini-zoo"],
