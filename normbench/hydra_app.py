@@ -20,6 +20,7 @@ from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.core.plugins import Plugins
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -88,13 +89,27 @@ def compose(overrides: list[str]) -> DictConfig:
         GlobalHydra.instance().clear()
 
 
+def parse_overrides(overrides: list[str]) -> list[Override]:
+    """Hydra's parse of command-line overrides; a malformed one is a UserError in one line."""
+    parser = OverridesParser.create()
+    try:
+        return parser.parse_overrides(overrides)
+    except HydraException as e:
+        for override in overrides:  # name the one that fails, and the forms that parse
+            try:
+                parser.parse_overrides([override])
+            except HydraException:
+                raise UserError(
+                    f"cannot read the override {override!r} (allowed: key=value, key=a,b,c to "
+                    "sweep, +key=value to add, ~key to delete)"
+                ) from None
+        raise UserError(_one_line(e)) from None
+
+
 def expand_sweep(overrides: list[str]) -> list[list[str]]:
     """The cells of a sweep: command-line sweeps and the experiment's hydra.sweeper.params."""
     parser = OverridesParser.create()
-    try:
-        parsed = parser.parse_overrides(overrides)
-    except HydraException as e:
-        raise UserError(_one_line(e)) from None
+    parsed = parse_overrides(overrides)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     base = compose(fixed)
     params = OmegaConf.select(base, "hydra.sweeper.params") or {}
@@ -156,7 +171,7 @@ def with_available_dataset(overrides: list[str]) -> list[str]:
     """
     from normbench.data import fashion_mnist
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    parsed = parse_overrides(overrides)
     if any(o.get_key_element().lstrip("+~") == "dataset" for o in parsed):
         return overrides
     cfg = compose([o.input_line for o in parsed if not o.is_sweep_override()])

@@ -223,6 +223,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert not out.exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_malformed_override_is_one_line_naming_it(command, capsys):
+    """Not key=value (a Hydra flag such as --cfg): refused before composing, never a traceback."""
+    assert main([command, "norm=gn", "--cfg", "job"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'--cfg'" in err and "key=value" in err
+
+
 def test_unknown_command_is_refused(capsys):
     assert main(["trian"]) == 2
     err = capsys.readouterr().err
