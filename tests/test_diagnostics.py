@@ -11,13 +11,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from normbench.norms import BatchNorm2d, set_emulated_gpus
-from normbench.train.diagnostics import bn_diagnostics, per_gpu_batches
+from normbench.train.diagnostics import bn_diagnostics, per_gpu_batches, permuted
 from normbench.train.distributed import DistEnv
 from normbench.train.loader import ValSampler
 
 ENV = DistEnv(0, 1, 0, torch.device("cpu"), "gloo")
 CHUNKS, BATCH = 2, 3
 HEADLINE = 12.5  # the val error the loop measured with the model's own statistics
+SEED = 3  # the cell's seed: it permutes the val set before the batch mode cuts it
 
 
 class Probe(nn.Module):
@@ -59,7 +60,8 @@ def _error(model: nn.Module, loader) -> float:
     return 100.0 * wrong / len(loader.dataset)
 
 
-def _run(model: Probe, train: TensorDataset, val: TensorDataset, batches: int, calls: list):
+def _run(model: nn.Module, train: TensorDataset, val: TensorDataset, batches: int, calls: list,
+         batch: int = BATCH):  # fmt: skip
     def evaluate(m, loader):  # record the statistics each evaluation used
         calls.append((m.bn.running_mean.clone(), m.bn.running_var.clone()))
         return _error(m, loader)
@@ -68,8 +70,8 @@ def _run(model: Probe, train: TensorDataset, val: TensorDataset, batches: int, c
                             sampler=ValSampler(len(val), num_replicas=1, rank=0))  # fmt: skip
     return bn_diagnostics(
         model, train_loader=DataLoader(train, batch_size=BATCH * CHUNKS), val_loader=val_loader,
-        evaluate=evaluate, batch=BATCH, chunks=CHUNKS, precise_batches=batches, env=ENV,
-        headline=("first", HEADLINE),
+        evaluate=evaluate, batch=batch, chunks=CHUNKS, precise_batches=batches, env=ENV,
+        headline=("first", HEADLINE), seed=SEED,
     )  # fmt: skip
 
 
@@ -103,13 +105,15 @@ def test_batch_mode_normalizes_each_gpus_val_batch_by_its_own_statistics():
     model = _trained_probe()
     val = _data(10, 3)
     errors = _run(model, _data(12, 2), val, batches=1, calls=[])
-    # By hand: GPU j's share is positions j, j + 2, ...; batches of 3 from it (the last smaller).
+    # By hand: the val set in the seed's order; GPU j's share is positions j, j + 2, ... of it,
+    # cut into batches of 3 (the last smaller).
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(SEED)).tolist()
     reference = Probe()
     reference.load_state_dict(model.state_dict())
     reference.train()
     wrong = 0
     with torch.no_grad():
-        for indices in per_gpu_batches(list(range(10)), BATCH, CHUNKS):
+        for indices in per_gpu_batches(order, BATCH, CHUNKS):
             x, y = val.tensors[0][indices], val.tensors[1][indices]
             wrong += int((reference(x).argmax(1) != y).sum())
     assert errors["batch"] == pytest.approx(100.0 * wrong / 10)
@@ -118,6 +122,45 @@ def test_batch_mode_normalizes_each_gpus_val_batch_by_its_own_statistics():
 def test_per_gpu_batches_interleave_the_gpus_like_training():
     assert per_gpu_batches(list(range(10)), 3, 2) == [[0, 2, 4], [6, 8], [1, 3, 5], [7, 9]]
     assert per_gpu_batches([5, 7, 9], 2, 1) == [[5, 7], [9]]
+
+
+class Recorder(Probe):
+    """A Probe that records the labels of the images in each train-mode forward (each image's
+    pixels hold its index in the val set)."""
+
+    def __init__(self, labels: torch.Tensor) -> None:
+        super().__init__()
+        self.labels, self.batches = labels, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.batches.append(self.labels[x[:, 0, 0, 0].long()].tolist())
+        return super().forward(x)
+
+
+def test_batch_mode_cuts_a_class_sorted_val_set_into_mixed_batches():
+    # Stored class by class, 4 images per class: cut in order, every GPU's batch of 2 would be
+    # one class (GPU 0 takes positions 0 and 2, GPU 1 positions 1 and 3, ...).
+    labels = torch.arange(5).repeat_interleave(4)
+    images = torch.arange(20.0).view(20, 1, 1, 1).expand(20, 1, 5, 5)
+    in_order = [labels[b].tolist() for b in per_gpu_batches(list(range(20)), 2, CHUNKS)]
+    assert all(len(set(b)) == 1 for b in in_order)
+    model = Recorder(labels)
+    set_emulated_gpus(model, CHUNKS)
+    model.eval()
+    _run(model, _data(12, 2), TensorDataset(images, labels), batches=1, calls=[], batch=2)
+    batch_mode = model.batches[-len(in_order) :]  # after PreciseBN's training batch
+    assert sorted(sum(batch_mode, [])) == labels.tolist()  # every image once
+    assert sum(len(set(b)) > 1 for b in batch_mode) >= len(batch_mode) // 2
+
+
+def test_permuted_positions_split_the_val_set_like_one_process():
+    size, seed = 11, 7
+    whole = permuted(list(range(size)), size, seed)
+    assert sorted(whole) == list(range(size)) and whole != list(range(size))
+    # Two ranks of one GPU each form the batches of one process emulating both GPUs.
+    ranks = [per_gpu_batches(permuted(list(range(r, size, 2)), size, seed), 2, 1) for r in (0, 1)]
+    assert ranks[0] + ranks[1] == per_gpu_batches(whole, 2, 2)
 
 
 def test_a_bn_cell_records_every_mode_and_its_headline_and_the_option_turns_it_off(tmp_path, tiny):

@@ -13,6 +13,9 @@ with the same weights under four ways of normalizing:
   statistics describe the inputs it saw while training;
 - ``batch``: the val set normalized in batches of ``batch`` images by their own statistics
   (train-mode normalization, nothing updated): exactly what the network saw while training.
+  The batches are cut from a seeded permutation of the val set, as training's are from a
+  shuffled train set: a val set stored class by class (ImageNet's val folder) cut in order
+  would give batches of a single class, which no training batch is.
 
 If ``batch`` is much better than the moving averages, the penalty is in the evaluation
 statistics; if ``batch`` itself is bad, it is in what training at that batch size learned.
@@ -56,6 +59,7 @@ def bn_diagnostics(
     precise_batches: int,
     env: DistEnv,
     headline: tuple[str, float],
+    seed: int,
 ) -> dict[str, float]:
     """Val error (%) of ``model`` under every mode of :data:`MODES`, plus the seconds it took.
 
@@ -64,7 +68,8 @@ def bn_diagnostics(
     ``precise_batches`` batches of ``train_loader`` (its batches are this rank's training
     batches, ``batch x chunks`` images) give the population statistics. ``headline`` is the
     model's own mode and the val error the loop measured with it after the last epoch (the
-    same weights and statistics): that one is taken, not measured again.
+    same weights and statistics): that one is taken, not measured again. ``seed`` permutes the
+    val set before the ``batch`` mode cuts it into batches.
     """
     started = time.perf_counter()
     own_mode, own_error = headline
@@ -73,7 +78,7 @@ def bn_diagnostics(
         errors[f"ema_{other_mode(own_mode)}"] = evaluate(model, val_loader)
     with _precise_statistics(model, islice(train_loader, precise_batches), env):
         errors["precise"] = evaluate(model, val_loader)
-    errors["batch"] = _batch_statistics_error(model, val_loader, batch, chunks, env)
+    errors["batch"] = _batch_statistics_error(model, val_loader, batch, chunks, env, seed)
     return {**{mode: errors[mode] for mode in MODES}, "seconds": time.perf_counter() - started}
 
 
@@ -131,13 +136,14 @@ def _precise_statistics(model: nn.Module, batches, env: DistEnv) -> Iterator[Non
 
 
 def _batch_statistics_error(
-    model: nn.Module, val_loader: DataLoader, batch: int, chunks: int, env: DistEnv
+    model: nn.Module, val_loader: DataLoader, batch: int, chunks: int, env: DistEnv, seed: int
 ) -> float:
     """Val error with every batch of ``batch`` val images normalized by its own statistics."""
     sampler = val_loader.sampler
     assert isinstance(sampler, ValSampler)
+    indices = permuted(sampler.indices, len(val_loader.dataset), seed)
     loader = DataLoader(
-        val_loader.dataset, batch_sampler=per_gpu_batches(sampler.indices, batch, chunks),
+        val_loader.dataset, batch_sampler=per_gpu_batches(indices, batch, chunks),
         collate_fn=val_loader.collate_fn,
     )  # fmt: skip
     totals = torch.zeros(2, dtype=torch.float64, device=env.device)
@@ -155,6 +161,17 @@ def _batch_statistics_error(
             model.eval()
     errors, count = all_reduce_sum(totals, env).tolist()
     return 100.0 * errors / count
+
+
+def permuted(positions: list[int], size: int, seed: int) -> list[int]:
+    """The images at ``positions`` of a ``seed``-permuted order of all ``size`` val images.
+
+    Every rank draws the same permutation and takes its sampler's positions in it, so the ranks
+    still share the val set out exactly once, and their batches are those one process emulating
+    every GPU cuts (see :func:`per_gpu_batches`).
+    """
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [order[position] for position in positions]
 
 
 def per_gpu_batches(indices: list[int], batch: int, chunks: int) -> list[list[int]]:

@@ -463,6 +463,7 @@ class Trainer:
             evaluate=lambda model, loader: evaluate(model, loader, cfg, self.env)[1],
             batch=cfg.batch, chunks=self.chunks, precise_batches=steps, env=self.env,
             headline=(self.bn_eval_stats, self.progress.history[-1]["val_error"]),
+            seed=cfg.seed,
         )  # fmt: skip
         seconds = errors.pop("seconds")
         if self.env.is_main:
