@@ -69,6 +69,9 @@ class NormConfig:
     learned_eps: bool | None = None
     tlu: bool | None = None
     iterations: int | None = None  # IterNorm's Newton iterations T
+    # The whitening norms' (dbn, iternorm) running estimate for evaluation: "covariance"
+    # (whitened at evaluation) or "whitening" (the averaged whitening matrix).
+    running: str | None = None
 
     def options(self) -> dict[str, Any]:
         """The options set for this norm (None values and other norms' options left out)."""

@@ -207,30 +207,37 @@ WHITENING = {
 @pytest.mark.parametrize("name", list(WHITENING))
 @pytest.mark.parametrize("chunks", [1, 2])
 @pytest.mark.parametrize("eval_stats", ["average", "first"])
-def test_whitening_matches_the_formula_per_emulated_gpu(name, chunks, eval_stats) -> None:
+@pytest.mark.parametrize("running", ["covariance", "whitening"])
+def test_whitening_matches_the_formula_per_emulated_gpu(name, chunks, eval_stats, running) -> None:
     cls, options, inverse_sqrt = WHITENING[name]
-    ours = cls(8, group_size=4, momentum=0.2, eval_stats=eval_stats, **options).to(DT)
+    ours = cls(8, group_size=4, momentum=0.2, eval_stats=eval_stats, running=running, **options)
+    ours = ours.to(DT)
     params = randomize(ours)
     set_emulated_gpus(ours, chunks)
     formula = lambda x, p: whiten_formula(x, p, 4, inverse_sqrt)  # noqa: E731
-    mean, wm = torch.zeros(8, dtype=DT), torch.eye(4, dtype=DT).repeat(2, 1, 1)
+    eps = 1e-5 * torch.eye(4, dtype=DT)
+    # The running group statistic: the covariance (without eps) or the whitening matrix.
+    mean, stat = torch.zeros(8, dtype=DT), torch.eye(4, dtype=DT).repeat(2, 1, 1)
     for step in range(2):
         x, up = data(seed=step)
         assert_same(run(ours, x, up), reference(interleaved(formula, chunks), x, up, params))
-        means, wms = [], []
+        means, stats = [], []
         for j in range(chunks):
             part = x[j::chunks]
             means.append(0.8 * mean + 0.2 * part.mean((0, 2, 3)))
             groups = part.permute(1, 0, 2, 3).reshape(2, 4, -1)
             centred = groups - groups.mean(-1, keepdim=True)
-            sigma = centred @ centred.mT / centred.shape[-1] + 1e-5 * torch.eye(4, dtype=DT)
-            wms.append(0.8 * wm + 0.2 * torch.stack([inverse_sqrt(s) for s in sigma]))
+            sigma = centred @ centred.mT / centred.shape[-1]
+            if running == "whitening":
+                sigma = torch.stack([inverse_sqrt(s + eps) for s in sigma])
+            stats.append(0.8 * stat + 0.2 * sigma)
         pick = (lambda t: torch.stack(t).mean(0)) if eval_stats == "average" else (lambda t: t[0])
-        mean, wm = pick(means), pick(wms)
+        mean, stat = pick(means), pick(stats)
         close(ours.running_mean, mean)
-        close(ours.running_wm, wm)
+        close(getattr(ours, "running_cov" if running == "covariance" else "running_wm"), stat)
     ours.eval()
     x, up = data(seed=9)
+    wm = stat if running == "whitening" else torch.stack([inverse_sqrt(s + eps) for s in stat])
 
     def evaluated(x, p):
         groups = (x - per_channel(mean)).view(x.shape[0], 2, 4, -1)
@@ -238,6 +245,44 @@ def test_whitening_matches_the_formula_per_emulated_gpu(name, chunks, eval_stats
         return white * per_channel(p["weight"]) + per_channel(p["bias"])
 
     assert_same(run(ours, x, up), reference(evaluated, x, up, params))
+
+
+def _moving_rank_deficient_batches(steps: int, n: int = 32) -> list[torch.Tensor]:
+    """Batches of 4 channels spanning 2 dimensions, each batch in one of 4 planes in turn: the
+    covariance of every batch is singular, that of all of them together is not."""
+    g = torch.Generator().manual_seed(0)
+    planes = torch.randn(4, 4, 2, generator=g, dtype=DT)
+    return [
+        (planes[t % 4] @ torch.randn(2, n * 4, generator=g, dtype=DT)).T.reshape(n, 2, 2, 4)
+        .permute(0, 3, 1, 2)
+        for t in range(steps)
+    ]  # fmt: skip
+
+
+def test_dbn_evaluates_rank_deficient_moving_inputs_like_population_whitening() -> None:
+    # As after a grayscale stem: every training batch's covariance is singular and its null
+    # space moves from batch to batch. Whitening the average covariance stays close to
+    # whitening by the population's statistics; averaging the batches' whitening matrices
+    # applies each one's 1/sqrt(eps) scaling of its null space to inputs that are not null
+    # there (the DBN paper's estimator).
+    layers = {r: DecorrelatedBatchNorm2d(4, group_size=4, momentum=0.05, running=r).to(DT)
+              for r in ("covariance", "whitening")}  # fmt: skip
+    default = DecorrelatedBatchNorm2d(4, group_size=4, momentum=0.05).to(DT)
+    with torch.no_grad():
+        for x in _moving_rank_deficient_batches(200):
+            for layer in (*layers.values(), default):
+                layer(x)
+        test = torch.cat(_moving_rank_deficient_batches(8))
+        flat = test.permute(1, 0, 2, 3).reshape(4, -1)
+        centred = flat - flat.mean(1, keepdim=True)
+        sigma = centred @ centred.T / centred.shape[1] + 1e-5 * torch.eye(4, dtype=DT)
+        population = (inverse_sqrt_eigh(sigma) @ centred).reshape(4, -1, 2, 2).transpose(0, 1)
+        out = {r: layer.eval()(test) for r, layer in layers.items()}
+        close(default.eval()(test), out["covariance"])  # the default estimator
+    size = population.norm()
+    assert torch.isfinite(out["covariance"]).all()
+    assert (out["covariance"] - population).norm() < 0.1 * size
+    assert out["whitening"].norm() > 10 * size
 
 
 def test_dbn_output_has_identity_covariance_within_each_group() -> None:
@@ -323,11 +368,11 @@ def _sync_worker(rank: int, world: int, store: str) -> None:
         first = IterNorm2d(4, group_size=2, eval_stats="first").to(DT)
         b0.running_var.fill_(1 + 2 * rank)
         first.running_mean.fill_(rank)
-        first.running_wm.fill_(rank)
+        first.running_cov.fill_(rank)
         sync_running_stats(nn.Sequential(b0, first))
         close(b0.running_var, torch.full((4,), 2.0, dtype=DT))  # the mean over ranks
         close(first.running_mean, torch.zeros(4, dtype=DT))  # rank 0's
-        close(first.running_wm, torch.zeros(2, 2, 2, dtype=DT))
+        close(first.running_cov, torch.zeros(2, 2, 2, dtype=DT))
     finally:
         dist.destroy_process_group()
 

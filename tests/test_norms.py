@@ -553,9 +553,11 @@ def test_every_norm_builds_for_64_channels_and_trains(name):
 
 def test_options_set_to_none_take_defaults():
     everything = dict.fromkeys(
-        ["eps", "momentum", "eval_stats", "groups", "group_size", "r_max", "tlu", "iterations"]
-    )
+        ["eps", "momentum", "eval_stats", "groups", "group_size", "r_max", "tlu", "iterations",
+         "running"]
+    )  # fmt: skip
     assert build_norm("iternorm", 64, **everything).iterations == 5
+    assert build_norm("dbn", 64, **everything).running == "covariance"
     assert build_norm("gn", 64, **everything).num_groups == 32
     assert build_norm("bn", 64, **everything).eps == 1e-5
     assert build_norm("frn", 64, **everything).eps == 1e-6
@@ -571,6 +573,8 @@ def test_options_reach_the_module():
     assert build_norm("frn", 8, tlu=False).tlu is None
     assert build_norm("iternorm", 32, group_size=8, iterations=3).iterations == 3
     assert build_norm("dbn", 32, momentum=0.2, eval_stats="first").eval_stats == "first"
+    assert hasattr(build_norm("dbn", 32, running="whitening"), "running_wm")
+    assert build_norm("iternorm", 32, running="whitening").running == "whitening"
     assert build_norm("evonorm_s0", 32, group_size=8).groups == 4
 
 
@@ -595,6 +599,11 @@ def test_options_reach_the_module():
         (lambda: build_norm("iternorm", 24), "iternorm: group_size=16 does not divide 24"),
         (lambda: build_norm("dbn", 64, iterations=3), "norm 'dbn' has no option 'iterations'"),
         (lambda: build_norm("iternorm", 64, iterations=0), "iternorm: iterations=0 is invalid"),
+        (
+            lambda: build_norm("dbn", 64, running="ema"),
+            "dbn: running='ema' is invalid (allowed: covariance or whitening)",
+        ),
+        (lambda: build_norm("bn", 64, running="covariance"), "norm 'bn' has no option 'running'"),
         (lambda: build_norm("evonorm_s0", 16), "evonorm_s0: groups=32 does not divide 16"),
     ],
 )

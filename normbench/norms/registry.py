@@ -20,7 +20,7 @@ from normbench.norms.evonorm import EvoNormB0, EvoNormS0
 from normbench.norms.frn import FilterResponseNorm2d, frn_activation
 from normbench.norms.group import GroupNorm, InstanceNorm2d, LayerNorm2d
 from normbench.norms.renorm import BatchRenorm2d
-from normbench.norms.whitening import DecorrelatedBatchNorm2d, IterNorm2d
+from normbench.norms.whitening import RUNNING_ESTIMATES, DecorrelatedBatchNorm2d, IterNorm2d
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ _CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "learned_eps": ("true or false", lambda v: isinstance(v, bool)),
     "tlu": ("true or false", lambda v: isinstance(v, bool)),
     "iterations": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "running": (" or ".join(RUNNING_ESTIMATES), lambda v: v in RUNNING_ESTIMATES),
 }
 
 _BN_OPTIONS = {
@@ -147,8 +148,11 @@ _GROUP_OPTIONS = {  # GN's and EvoNorm-S0's: statistics per group of C/G channel
 _WHITENING_OPTIONS = {
     "group_size": f"channels per whitening group (default {WHITENING_GROUP_SIZE})",
     "eps": "added to the covariance's diagonal (default 1e-5)",
-    "momentum": "running mean and whitening-matrix EMA factor (default 0.1)",
+    "momentum": "running-statistics EMA factor (default 0.1)",
     "eval_stats": _BN_OPTIONS["eval_stats"],
+    "running": "what evaluation's running statistics estimate: 'covariance' (averaged batch "
+    "covariances, whitened at evaluation) or 'whitening' (averaged whitening matrices, as "
+    "the DBN and IterNorm papers' code) (default covariance)",
 }
 
 _SPECS = {

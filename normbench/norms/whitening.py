@@ -16,8 +16,16 @@ variances as in BN. They differ in how Sigma^(-1/2) is computed:
   early whitens the directions of large eigenvalues fully and the small ones only partly,
   which the IterNorm paper argues is a feature at small batch.
 
-Evaluation uses running statistics, as the authors' code does: a moving average of the mean
-(per channel) and of the whitening matrix Sigma^(-1/2) (per group), updated with ``momentum``.
+Evaluation uses running statistics updated with ``momentum``: a moving average of the mean (per
+channel) and, per group, either (``running="covariance"``) a moving average of Sigma, whitened at
+evaluation as in training (Sigma + eps I, then Sigma^(-1/2) by the layer's own method), or
+(``running="whitening"``) a moving average of the whitening matrix Sigma^(-1/2) itself, as the
+DBN and IterNorm papers' code does. They differ where batch covariances are singular and their
+null space moves while training (16 channels of a conv on 1-channel images span at most 9
+dimensions): each batch's Sigma^(-1/2) scales its null directions by 1/sqrt(eps), harmless on
+that batch, but an average of such matrices applies those scales to directions that other
+images do have; the average of the covariances is singular only where every batch was, and its
+whitening is the one training would compute from the population.
 Per-GPU statistics, and emulated GPUs: a batch folded to (N / k, k * C, H, W) (see
 :func:`~normbench.norms.batch.fold_chunks`) has the k emulated GPUs' channel groups as its own
 groups, so one whitening of the folded batch is k independent per-GPU whitenings.
@@ -29,6 +37,10 @@ import torch
 from torch import nn
 
 from normbench.norms.batch import EVAL_STATS, PerGPUStatistics, fold_chunks, unfold_chunks
+
+# What a whitening norm's running statistics estimate for evaluation: the covariance (whitened
+# at evaluation) or the whitening matrix.
+RUNNING_ESTIMATES = ("covariance", "whitening")
 
 
 class _InverseSqrtSym(torch.autograd.Function):
@@ -111,9 +123,17 @@ def inverse_sqrt_newton(sigma: torch.Tensor, iterations: int) -> torch.Tensor:
 
 
 class _GroupWhitening(PerGPUStatistics, nn.Module):
-    """Group-wise whitening over each GPU's batch; subclasses compute Sigma^(-1/2)."""
+    """Group-wise whitening over each GPU's batch; subclasses compute Sigma^(-1/2).
 
-    running_stats = ("running_mean", "running_wm")
+    The running statistics are ``running_mean`` and, per group, ``running_cov``
+    (``running="covariance"``) or ``running_wm`` (``running="whitening"``).
+    """
+
+    # Default "covariance", the estimator of the authors' later code: Huang et al., "An
+    # Investigation into the Stochasticity of Batch Whitening" (CVPR 2020, arXiv:2003.12327,
+    # github.com/huangleiBuaa/StochasticityBW) adds "Sigma" variants of both layers (DBNSigma,
+    # ItNSigma) that keep a running covariance and whiten it at evaluation, and trains its
+    # ImageNet ResNet-50s with ItNSigma. "whitening" is the DBN and IterNorm papers' own code.
 
     def __init__(
         self,
@@ -122,28 +142,35 @@ class _GroupWhitening(PerGPUStatistics, nn.Module):
         eps: float = 1e-5,
         momentum: float = 0.1,
         eval_stats: str = "average",
+        running: str = "covariance",
     ) -> None:
         super().__init__()
         if num_channels % group_size:
             raise ValueError(f"group_size={group_size} does not divide {num_channels} channels")
         if eval_stats not in EVAL_STATS:
             raise ValueError(f"eval_stats must be one of {EVAL_STATS}, got {eval_stats!r}")
+        if running not in RUNNING_ESTIMATES:
+            raise ValueError(f"running must be one of {RUNNING_ESTIMATES}, got {running!r}")
         self.num_channels = num_channels
         self.group_size = group_size
         self.eps = eps
         self.momentum = momentum
         self.eval_stats = eval_stats
+        self.running = running
         self.chunks = 1
         groups = num_channels // group_size
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.register_buffer("running_mean", torch.zeros(num_channels))
-        self.register_buffer("running_wm", torch.eye(group_size).repeat(groups, 1, 1))
+        group_stat = "running_cov" if running == "covariance" else "running_wm"
+        self.register_buffer(group_stat, torch.eye(group_size).repeat(groups, 1, 1))
+        self.running_stats = ("running_mean", group_stat)
 
     def extra_repr(self) -> str:
         return (
             f"{self.num_channels}, group_size={self.group_size}, eps={self.eps}, "
-            f"momentum={self.momentum}, eval_stats={self.eval_stats}, chunks={self.chunks}"
+            f"momentum={self.momentum}, eval_stats={self.eval_stats}, running={self.running}, "
+            f"chunks={self.chunks}"
         )
 
     def whitening_matrix(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -159,29 +186,37 @@ class _GroupWhitening(PerGPUStatistics, nn.Module):
         if self.training:
             # groups of every emulated GPU: (N, k C / g, g, H W)
             centred, sigma, mean = _CentredCovariance.apply(acc, g)
-            sigma = sigma + self.eps * torch.eye(g, dtype=sigma.dtype, device=sigma.device)
-            wm = self.whitening_matrix(sigma)
-            self._update_running(mean, wm.detach(), k)
+            wm = self._regularized_whitening(sigma)
+            estimate = sigma if self.running == "covariance" else wm
+            self._update_running(mean, estimate.detach(), k)
         else:
             groups = acc.view(n, c // g, g, h * w)
             centred = groups - self.running_mean.to(acc.dtype).view(c // g, g, 1)
-            wm = self.running_wm.to(acc.dtype)
+            if self.running == "covariance":
+                wm = self._regularized_whitening(self.running_cov.to(acc.dtype))
+            else:
+                wm = self.running_wm.to(acc.dtype)
         # gamma folded into the whitening matrix: one matmul gives gamma * Sigma^(-1/2) Xc.
         weight, bias = self.weight.repeat(k), self.bias.repeat(k)
         scaled = weight.view(c // g, g, 1).to(acc.dtype) * wm
         y = (scaled @ centred).add_(bias.view(c // g, g, 1).to(acc.dtype))
         return unfold_chunks(y.view(n, c, h, w).to(x.dtype), x)
 
+    def _regularized_whitening(self, sigma: torch.Tensor) -> torch.Tensor:
+        """(Sigma + eps I)^(-1/2) by the layer's method, for covariances (..., g, g)."""
+        eye = torch.eye(self.group_size, dtype=sigma.dtype, device=sigma.device)
+        return self.whitening_matrix(sigma + self.eps * eye)
+
     @torch.no_grad()
-    def _update_running(self, mean: torch.Tensor, wm: torch.Tensor, chunks: int) -> None:
-        """Each emulated GPU updates its own copy from the shared statistics; keep the mean of
-        the k copies ("average") or GPU 0's ("first"), as BatchNorm2d does."""
+    def _update_running(self, mean: torch.Tensor, estimate: torch.Tensor, chunks: int) -> None:
+        """Each emulated GPU updates its own copy of the running mean and group statistic from
+        the shared ones; keep the mean of the k copies ("average") or GPU 0's ("first"), as
+        BatchNorm2d does."""
         m = self.momentum
-        per_gpu_mean = (1 - m) * self.running_mean + m * mean.view(chunks, -1)
-        per_gpu_wm = (1 - m) * self.running_wm + m * wm.view(chunks, *self.running_wm.shape)
         pick = (lambda t: t.mean(0)) if self.eval_stats == "average" else (lambda t: t[0])
-        self.running_mean.copy_(pick(per_gpu_mean))
-        self.running_wm.copy_(pick(per_gpu_wm))
+        for name, value in zip(self.running_stats, (mean, estimate), strict=True):
+            buffer = getattr(self, name)
+            buffer.copy_(pick((1 - m) * buffer + m * value.view(chunks, *buffer.shape)))
 
 
 class DecorrelatedBatchNorm2d(_GroupWhitening):
@@ -202,8 +237,9 @@ class IterNorm2d(_GroupWhitening):
         eps: float = 1e-5,
         momentum: float = 0.1,
         eval_stats: str = "average",
+        running: str = "covariance",
     ) -> None:
-        super().__init__(num_channels, group_size, eps, momentum, eval_stats)
+        super().__init__(num_channels, group_size, eps, momentum, eval_stats, running)
         self.iterations = iterations
 
     def extra_repr(self) -> str:
