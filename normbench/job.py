@@ -15,7 +15,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from normbench.config import Config, as_config, resolve_devices, validate
+from normbench.checks import validate
+from normbench.config import Config, as_config, resolve_devices
 from normbench.errors import UserError
 from normbench.track import rundir
 from normbench.track.cell import Cell

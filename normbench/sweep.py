@@ -23,7 +23,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from normbench.config import Config, as_config, validate
+from normbench.checks import validate
+from normbench.config import Config, as_config
 from normbench.errors import UserError
 from normbench.logs import LIVE_ENV, cell_label
 from normbench.track import rundir

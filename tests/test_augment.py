@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from normbench.config import as_config, validate
+from normbench.checks import validate
+from normbench.config import as_config
 from normbench.data import build_datasets, imagenet
 from normbench.errors import UserError
 from normbench.hydra_app import compose, expand_sweep

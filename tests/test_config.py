@@ -5,6 +5,9 @@ a second place, so the schema and the YAML can never again disagree."""
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from normbench.config import Config, as_config, validate
+import normbench
+from normbench.checks import validate
+from normbench.config import Config, as_config
 from normbench.errors import UserError
 from normbench.hydra_app import compose
 
@@ -135,3 +140,66 @@ def test_synthetic_sizes_left_out_are_refused_before_a_run():
     cfg = as_config(compose(["dataset=synthetic", "dataset.val_size=null"]))
     with pytest.raises(UserError, match="dataset.val_size=null: synthetic images are generated"):
         validate(cfg)
+
+
+# ---- the import graph: the schema is a leaf, and no module imports itself back ----------------
+
+PACKAGE = Path(normbench.__file__).resolve().parent
+
+
+def test_loading_the_config_loads_no_other_part_of_normbench():
+    """Any module may import the schema: it imports nothing that could import it back (the
+    checks that ask datasets, models, norms and the report live in normbench.checks)."""
+    code = "import sys, normbench.config; print([m for m in sys.modules if m[:10] == 'normbench.'])"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    assert set(ast.literal_eval(out)) <= {"normbench.config", "normbench.errors"}
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its __init__.py)."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _imported(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The normbench modules a file imports anywhere in it (a function's import runs as surely
+    as one at the top); ``from package import name`` counts the submodule when name is one."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                found.add(submodule if submodule in modules else node.module)
+    return found & set(modules)
+
+
+def _circle_through(start: str, graph: dict[str, set[str]]) -> list[str] | None:
+    """A chain of imports from ``start`` back to itself, or None."""
+    paths, todo = {name: [start, name] for name in graph[start]}, list(graph[start])
+    while todo:
+        name = todo.pop()
+        if name == start:
+            return paths[name]
+        for nxt in graph[name] - paths.keys():
+            paths[nxt] = [*paths[name], nxt]
+            todo.append(nxt)
+    return None
+
+
+def test_no_module_of_normbench_imports_itself_back():
+    modules = _modules()
+    graph = {name: _imported(path, modules) - {name} for name, path in modules.items()}
+    assert len(graph) > 40 and {"normbench.config", "normbench.data"} <= graph["normbench.cli"]
+    circles = {}  # one chain per circle, whichever of its modules it starts from
+    for name in graph:
+        chain = _circle_through(name, graph)
+        if chain:
+            circles.setdefault(frozenset(chain), " -> ".join(chain))
+    assert not circles, "import circles: " + "; ".join(circles.values())

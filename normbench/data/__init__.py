@@ -246,41 +246,9 @@ def check_dataset(name: str, root: str | None, *, download: bool = False) -> Non
         fashion_mnist.find_files(root)  # the places it looked, in one line, if still missing
         return
     if name == "imagenet":
-        _check_image_folders(folder)
+        from normbench.data import imagenet
 
-
-def _check_image_folders(root: Path) -> None:
-    """root/train/<class>/ and root/val/<class>/: present, not empty, the same classes."""
-    classes: dict[str, list[str]] = {}
-    for split in ("train", "val"):
-        folder = root / split
-        if not folder.is_dir():
-            raise UserError(
-                f"no folder {folder} (ImageFolder data needs {root}/train/<class>/<image> "
-                f"and {root}/val/<class>/<image>)"
-            )
-        names = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
-        if not names:
-            raise UserError(f"{folder} holds no class folders (expected {folder}/<class>/<image>)")
-        empty = [n for n in names if not _has_entries(folder / n)]
-        if empty:
-            raise UserError(
-                f"class folder {folder / empty[0]} is empty ({len(empty)} of {len(names)} "
-                f"class folders in {folder} hold no images)"
-            )
-        classes[split] = names
-    if classes["train"] != classes["val"]:
-        only_train = sorted(set(classes["train"]) - set(classes["val"]))
-        only_val = sorted(set(classes["val"]) - set(classes["train"]))
-        raise UserError(
-            f"train and val classes differ in {root}: only in train: "
-            f"{', '.join(only_train[:5]) or '-'}; only in val: {', '.join(only_val[:5]) or '-'}"
-        )
-
-
-def _has_entries(folder: Path) -> bool:
-    with os.scandir(folder) as entries:
-        return any(not entry.name.startswith(".") for entry in entries)
+        imagenet.check_folders(folder)
 
 
 Arrays = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 labels (N,)

@@ -14,6 +14,7 @@ asked, colour jitter (torchvision's ColorJitter) and AlexNet's PCA lighting nois
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,7 +23,6 @@ import torch
 from PIL import Image
 from torchvision import datasets, transforms
 
-from normbench.data import check_dataset
 from normbench.data.memory import EpochCounter, sample_hash, subsample
 from normbench.errors import UserError
 
@@ -193,19 +193,54 @@ def build(
 ) -> tuple[ImageFolderDataset, ImageFolderDataset]:
     """(train, val) datasets of the image folders under ``root``, images size x size.
 
-    The folders are checked first (present, not empty, the same classes) by
-    :func:`normbench.data.check_dataset`. ``train_size``/``val_size`` keep a subset chosen by
-    ``seed`` (None keeps all). Without ``augment`` the train images get the eval transform
-    (neither colour jitter nor lighting); with it, :func:`train_transform`'s options apply.
+    The folders are checked first (:func:`check_folders`). ``train_size``/``val_size`` keep a
+    subset chosen by ``seed`` (None keeps all). Without ``augment`` the train images get the
+    eval transform (neither colour jitter nor lighting); with it, :func:`train_transform`'s
+    options apply.
     ``skipped_file``: where skipped unreadable files are recorded (see ImageFolderDataset).
     """
-    check_dataset("imagenet", str(root))
+    check_folders(Path(root))
     train_tf = train_transform(size, color_jitter, lighting) if augment else eval_transform(size)
     # Subset seeds as for the in-memory datasets (normbench.data._subsample_pair).
     policy = {"bad_images": bad_images, "skipped_file": skipped_file}
     train = _split(Path(root) / "train", train_tf, seed, train_size, seed * 2, **policy)
     val = _split(Path(root) / "val", eval_transform(size), seed, val_size, seed * 2 + 1, **policy)
     return train, val
+
+
+def check_folders(root: Path) -> None:
+    """root/train/<class>/ and root/val/<class>/: present, not empty, the same classes; each
+    fault is one UserError line. Only folders are listed: no image is read."""
+    classes: dict[str, list[str]] = {}
+    for split in ("train", "val"):
+        folder = root / split
+        if not folder.is_dir():
+            raise UserError(
+                f"no folder {folder} (ImageFolder data needs {root}/train/<class>/<image> "
+                f"and {root}/val/<class>/<image>)"
+            )
+        names = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+        if not names:
+            raise UserError(f"{folder} holds no class folders (expected {folder}/<class>/<image>)")
+        empty = [n for n in names if not _has_entries(folder / n)]
+        if empty:
+            raise UserError(
+                f"class folder {folder / empty[0]} is empty ({len(empty)} of {len(names)} "
+                f"class folders in {folder} hold no images)"
+            )
+        classes[split] = names
+    if classes["train"] != classes["val"]:
+        only_train = sorted(set(classes["train"]) - set(classes["val"]))
+        only_val = sorted(set(classes["val"]) - set(classes["train"]))
+        raise UserError(
+            f"train and val classes differ in {root}: only in train: "
+            f"{', '.join(only_train[:5]) or '-'}; only in val: {', '.join(only_val[:5]) or '-'}"
+        )
+
+
+def _has_entries(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return any(not entry.name.startswith(".") for entry in entries)
 
 
 def _split(

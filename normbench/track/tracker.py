@@ -63,4 +63,5 @@ def open_tracker(
     # Imported here: the W&B module imports wandb lazily, but keep logger=none free of it too.
     from normbench.track.wandb_tracker import open_wandb_tracker
 
-    return open_wandb_tracker(Path(run_dir), config, cell=cell, logger_config=logger_config)
+    tracker = open_wandb_tracker(Path(run_dir), config, cell=cell, logger_config=logger_config)
+    return NullTracker() if tracker is None else tracker  # None: W&B off or unavailable

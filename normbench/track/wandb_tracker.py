@@ -28,7 +28,6 @@ from normbench.config import WANDB_MODES
 from normbench.errors import UserError
 from normbench.track import rundir
 from normbench.track.cell import Cell
-from normbench.track.tracker import NullTracker, Tracker
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,7 +50,8 @@ MIN_SUMMARY_METRICS = ("val_error_median5", "val_error_final", "val_error_best")
 
 
 class WandbTracker:
-    """A :class:`~normbench.track.tracker.Tracker` writing to one W&B run."""
+    """A :class:`~normbench.track.tracker.Tracker` writing to one W&B run (structurally: this
+    module does not import that one, which imports it when asked for W&B)."""
 
     def __init__(self, run: Any) -> None:
         self._run = run
@@ -79,22 +79,22 @@ def open_wandb_tracker(
     *,
     cell: Cell,
     logger_config: Mapping[str, Any] | object | None = None,
-) -> Tracker:
-    """Start (or resume) the W&B run of `cell`; a NullTracker when W&B is off or unavailable."""
+) -> WandbTracker | None:
+    """Start (or resume) the W&B run of `cell`; None when W&B is off or unavailable."""
     settings = logger_settings(config, logger_config)
     mode = resolve_mode(settings["mode"])
     if mode == "disabled":
-        return NullTracker()
+        return None
     wandb = import_wandb()
     if wandb is None:
-        return NullTracker()
+        return None
     run = start_run(
         wandb, run_dir, mode, settings,
         id=cell_run_id(run_dir), resume="allow", group=cell.experiment, job_type="train",
         name=run_name(cell), tags=run_tags(cell), config={"cell": cell.name, **config},
     )  # fmt: skip
     if run is None:
-        return NullTracker()
+        return None
     run.define_metric("epoch")
     run.define_metric(EPOCH_METRICS, step_metric="epoch")
     for key in MIN_SUMMARY_METRICS:
