@@ -5,11 +5,13 @@ The schema is registered in Hydra's ConfigStore as ``base_config``, the first en
 configs/config.yaml's defaults list, so a misspelt key or a value of the wrong type is rejected
 by Hydra before any work starts. Every default lives in one place: a value that is the same
 whatever model, norm or dataset is chosen is the schema's (here); what an option of a config
-group changes is that option's file (configs/model/resnet8.yaml: the model's name and width);
-config.yaml itself only selects the groups. Each list of allowed values below is the one
-definition of its choices. Checks that need more than types (a known norm name, groups that
-divide every layer, gpus vs devices) live in :func:`normbench.checks.validate`, above the
-modules they ask: loading this module loads no other part of normbench.
+group changes is that option's file (configs/model/resnet8.yaml: the model's name);
+config.yaml itself only selects the groups; an option whose default a norm layer or a model
+states (its constructor: the one source, shown by `normbench norms`) is None, that default. Each
+list of allowed values below is the one definition of its choices. Checks that need more than
+types (a known norm name, groups that divide every layer, gpus vs devices) live in
+:func:`normbench.checks.validate`, above the modules they ask: loading this module loads no
+other part of normbench.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ BAD_IMAGE_POLICIES = ("fail", "skip")
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    width: int | None = None  # base width of CIFAR-style ResNets (16 in He et al.)
+    width: int | None = None  # base width of CIFAR-style ResNets; None: the model's own
     ws: bool = False  # weight standardization on every conv; combines with any norm
     zero_init_last_norm: bool = True  # gamma = 0 for the last norm of each residual block
 
@@ -55,10 +57,10 @@ class NormConfig:
     group_size: int | None = None
     eps: float | None = None
     momentum: float | None = None
-    # How the GPUs' running statistics are combined for evaluation (BN and the other norms with
-    # per-GPU statistics): "first", GPU 0's, as the paper's Caffe2 code copies them to every GPU
-    # and the author's TF reproduction keeps moving averages on tower 0 only (what DDP's default
-    # buffer broadcast gives), or "average", the mean over GPUs.
+    # How the GPUs' running statistics are combined for evaluation: the layers' default
+    # (normbench.norms.batch.DEFAULT_EVAL_STATS, which says why), stated rather than None so
+    # that each cell's config.yaml records it; this module imports no other part of normbench,
+    # so tests/test_config.py checks that the two agree.
     eval_stats: str | None = "first"
     r_max: float | None = None
     d_max: float | None = None

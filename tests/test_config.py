@@ -203,3 +203,103 @@ def test_no_module_of_normbench_imports_itself_back():
         if chain:
             circles.setdefault(frozenset(chain), " -> ".join(chain))
     assert not circles, "import circles: " + "; ".join(circles.values())
+
+
+# ---- layer defaults: the layer's constructor is their one home -------------------------------
+
+
+def test_layers_built_through_the_python_api_evaluate_like_the_cli():
+    """BN built without eval_stats (the Python API) combines the GPUs' running statistics as
+    the CLI's config does, GPU 0's like the paper's code; so does every other norm with
+    per-GPU statistics, and the trainer when the config leaves the mode unset."""
+    from types import SimpleNamespace
+
+    from normbench.norms import BatchNorm2d, build_norm, list_norms
+    from normbench.train.loop import Trainer
+
+    cli = as_config(compose(["norm=bn"]))
+    assert BatchNorm2d(8).eval_stats == cli.norm.eval_stats == "first"
+    for spec in list_norms():
+        if "eval_stats" in spec.options:
+            assert build_norm(spec.name, 64).eval_stats == "first", spec.name
+    unset = as_config(compose(["norm=bn", "norm.eval_stats=null"]))
+    assert Trainer.bn_eval_stats.fget(SimpleNamespace(cfg=unset)) == "first"
+
+
+def test_the_schema_leaves_the_layers_and_models_defaults_to_them():
+    """Every norm option, and the CIFAR width, is None in the schema: the constructor's default.
+    eval_stats alone is stated, so each cell's config.yaml records it, and is the layers'."""
+    from normbench.norms import DEFAULT_EVAL_STATS
+
+    schema = _schema()
+    stated = {k: v for k, v in schema.items() if k.startswith("norm.") and v is not None}
+    assert stated == {"norm.name": "???", "norm.eval_stats": DEFAULT_EVAL_STATS}
+    assert schema["model.width"] is None
+
+
+def _option_defaults() -> dict[str, list[tuple[str, Any]]]:
+    """config key -> (what states it, its default) for every default a norm layer or a model
+    states in its constructor."""
+    from normbench.models.cifar_resnet import DEFAULT_WIDTH
+    from normbench.norms import list_norms
+    from normbench.norms.registry import option_defaults
+
+    defaults: dict[str, list[tuple[str, Any]]] = {"model.width": [("cifar_resnet", DEFAULT_WIDTH)]}
+    for spec in list_norms():
+        for option, value in option_defaults(spec.builder, spec.options).items():
+            defaults.setdefault(f"norm.{option}", []).append((spec.name, value))
+    return defaults
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((CONFIGS / "norm").rglob("*.yaml")) + sorted((CONFIGS / "model").rglob("*.yaml")),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_group_files_restate_no_layer_or_model_default(path):
+    """A norm or model file that sets an option sets it to something else than the default the
+    layer (the norm's own, or any norm's for a model file) or the model states."""
+    values = _file_values(path, path.parent.name if path.parent.name != "base" else "model")
+    norm = values.get("norm.name")
+    for key, value in values.items():
+        for owner, default in _option_defaults().get(key, []):
+            if norm is None or owner in (norm, "cifar_resnet"):
+                assert value != default, f"{path.name}: {key}={value!r} restates {owner}'s default"
+
+
+def test_norms_help_shows_the_defaults_a_layer_is_built_with(capsys, monkeypatch):
+    """`normbench norms` states each default once, read from the constructor: what a layer
+    built without the option has."""
+    import re
+
+    from normbench.cli import main
+    from normbench.norms import build_norm, list_norms
+    from normbench.track.environment import COMMAND_ENV
+
+    for spec in list_norms():
+        layer = build_norm(spec.name, 64)
+        for option, text in spec.options.items():
+            assert text.count("default") <= 1, f"{spec.name}.{option}: a default stated by hand"
+            shown = re.search(r"\(default (.+)\)$", text)
+            value = getattr(layer, option, None)  # where the layer keeps it as it was given
+            if shown and isinstance(value, (bool, int, float, str)):
+                expected = str(value).lower() if isinstance(value, bool) else str(value)
+                assert shown[1] == expected, f"{spec.name}.{option}"
+    monkeypatch.setenv(COMMAND_ENV, "")  # main() records its command there: restored after
+    main(["norms"])
+    shown = capsys.readouterr().out
+    assert "norm.eval_stats: " in shown and "(default average)" not in shown
+
+
+def test_launcher_files_state_each_setting_once():
+    """What the submitit launchers share (the time limit) lives in launcher/base/, once."""
+    stated: dict[tuple[str, Any], str] = {}
+    for path in sorted((CONFIGS / "launcher").rglob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        data.pop("defaults", None)
+        for key, value in _flat(data).items():
+            assert (key, value) not in stated, f"{path.name} and {stated[key, value]} set {key}"
+            stated[key, value] = path.name
+    local = compose(["launcher=local"]).hydra.launcher
+    slurm = compose(["launcher=slurm", "hydra.launcher.partition=p"]).hydra.launcher
+    assert local.timeout_min == slurm.timeout_min == 3 * 24 * 60

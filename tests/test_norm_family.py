@@ -364,7 +364,7 @@ def _sync_worker(rank: int, world: int, store: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        b0 = EvoNormB0(4).to(DT)
+        b0 = EvoNormB0(4, eval_stats="average").to(DT)
         first = IterNorm2d(4, group_size=2, eval_stats="first").to(DT)
         b0.running_var.fill_(1 + 2 * rank)
         first.running_mean.fill_(rank)

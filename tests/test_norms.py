@@ -215,7 +215,8 @@ def _syncbn_worker(rank: int, world: int, store: str) -> None:
         close(ours.running_mean, ref.running_mean)
         close(ours.running_var, ref.running_var)
 
-        average, first = BatchNorm2d(3).to(DT), BatchRenorm2d(3, eval_stats="first").to(DT)
+        average = BatchNorm2d(3, eval_stats="average").to(DT)
+        first = BatchRenorm2d(3, eval_stats="first").to(DT)
         for m in (average, first):
             m.running_mean.fill_(rank)
             m.running_var.fill_(1 + 2 * rank)
@@ -279,7 +280,9 @@ def brn_formula(x, weight, bias, mu, var, eps, r_max, d_max, momentum):
 
 @pytest.mark.parametrize("chunks", [1, 2])
 def test_brn_matches_the_formula_when_clipping_is_active(chunks):
-    ours = BatchRenorm2d(4, r_max=1.5, d_max=0.5, warmup_steps=0, relax_steps=0).to(DT)
+    ours = BatchRenorm2d(
+        4, eval_stats="average", r_max=1.5, d_max=0.5, warmup_steps=0, relax_steps=0
+    ).to(DT)
     randomize_affine(ours)
     set_emulated_gpus(ours, chunks)
     with torch.no_grad():  # moving stats far enough from the batch's that r and d clip

@@ -7,6 +7,7 @@ per emulated GPU;
 """
 
 from normbench.norms.batch import (
+    DEFAULT_EVAL_STATS,
     BatchNorm2d,
     PerGPUStatistics,
     SyncBatchNorm2d,
@@ -25,6 +26,7 @@ from normbench.norms.whitening import DecorrelatedBatchNorm2d, IterNorm2d
 from normbench.norms.ws import WSConv2d, convert_to_ws
 
 __all__ = [
+    "DEFAULT_EVAL_STATS",
     "TLU",
     "BatchNorm2d",
     "BatchRenorm2d",

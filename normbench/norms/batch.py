@@ -17,6 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 EVAL_STATS = ("average", "first")
+# How the GPUs' running statistics are combined for evaluation, the default of every norm with
+# per-GPU statistics and of the trainer: "first", GPU 0's, as the paper's Caffe2 code copies them
+# to every GPU and the author's TF reproduction keeps moving averages on tower 0 only (what DDP's
+# default buffer broadcast gives); "average" is the mean over GPUs.
+DEFAULT_EVAL_STATS = "first"
 
 
 def other_mode(eval_stats: str) -> str:
@@ -107,7 +112,7 @@ class BatchNorm2d(PerGPUStatistics, nn.BatchNorm2d):
         num_features: int,
         eps: float = 1e-5,
         momentum: float = 0.1,
-        eval_stats: str = "average",
+        eval_stats: str = DEFAULT_EVAL_STATS,
     ) -> None:
         super().__init__(num_features, eps=eps, momentum=momentum)
         if eval_stats not in EVAL_STATS:
@@ -238,13 +243,14 @@ def _chains(model: nn.Module) -> dict[str, list[torch.Tensor]]:
     """Every moving average of ``model``'s batch norms, by how ranks combine it.
 
     The chain of mode "first" is GPU 0's (rank 0 broadcasts it), that of "average" the mean
-    over GPUs (an all-reduce): a BN's headline statistics follow its ``eval_stats`` (default
-    "average": plain and synchronized BN), and :class:`BatchNorm2d` keeps the other mode too.
+    over GPUs (an all-reduce): a BN's headline statistics follow its ``eval_stats`` (a BN
+    without one, torch's or synchronized BN, the default mode), and :class:`BatchNorm2d` keeps
+    the other mode too.
     """
     chains: dict[str, list[torch.Tensor]] = {mode: [] for mode in EVAL_STATS}
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-            mode = getattr(module, "eval_stats", "average")
+            mode = getattr(module, "eval_stats", DEFAULT_EVAL_STATS)
             chains[mode] += [module.running_mean, module.running_var]
             if isinstance(module, BatchNorm2d):
                 chains[other_mode(mode)] += [module.alt_running_mean, module.alt_running_var]

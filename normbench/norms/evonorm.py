@@ -7,7 +7,7 @@ B0 (batch-dependent): y = x / max(sqrt(batch_var + eps), v * x + sqrt(instance_v
 of it at evaluation) and instance_var per sample and channel over (H, W).
 
 S0 (batch-independent): y = x * sigmoid(v * x) / sqrt(group_var + eps) * gamma + beta, with
-group_var per sample over each group of C/G channels and (H, W), as in GN (G = 32 by default).
+group_var per sample over each group of C/G channels and (H, W), as in GN (G as GN's by default).
 
 v is learned per channel (init 1), eps = 1e-5; variances are the biased ones of the authors'
 code (tf.nn.moments), whose moving variance decays by 0.9 (momentum 0.1 here).
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from normbench.norms.batch import (
+    DEFAULT_EVAL_STATS,
     EVAL_STATS,
     PerGPUStatistics,
     combine_chunks,
@@ -30,6 +31,7 @@ from normbench.norms.batch import (
     tile_chunks,
     unfold_chunks,
 )
+from normbench.norms.group import DEFAULT_GROUPS
 
 
 def _per_channel(p: torch.Tensor) -> torch.Tensor:
@@ -204,7 +206,7 @@ class EvoNormB0(PerGPUStatistics, _EvoNorm):
         num_channels: int,
         eps: float = 1e-5,
         momentum: float = 0.1,
-        eval_stats: str = "average",
+        eval_stats: str = DEFAULT_EVAL_STATS,
         act: bool = True,
     ) -> None:
         super().__init__(num_channels, eps, act)
@@ -242,7 +244,7 @@ class EvoNormS0(_EvoNorm):
     """EvoNorm-S0: no batch statistics, so a sample's output never depends on the rest."""
 
     def __init__(
-        self, num_channels: int, groups: int = 32, eps: float = 1e-5, act: bool = True
+        self, num_channels: int, groups: int = DEFAULT_GROUPS, eps: float = 1e-5, act: bool = True
     ) -> None:
         super().__init__(num_channels, eps, act)
         if num_channels % groups:

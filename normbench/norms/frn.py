@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+LEARNED_EPS_INIT = 1e-4  # the paper's initial eps_l (learned_eps=true)
+
 
 def _per_channel(p: torch.Tensor) -> torch.Tensor:
     """Shape a (C,) or (N, C) tensor to broadcast over (N, C, H, W)."""
@@ -97,7 +99,7 @@ class FilterResponseNorm2d(nn.Module):
     """FRN with a per-channel affine, followed (``act``) by its nonlinearity: TLU, or ReLU
     with ``tlu=False``.
 
-    ``learned_eps`` makes eps = eps + |eps_l| with eps_l learned (initialised to 1e-4), the
+    ``learned_eps`` makes eps = eps + |eps_l| with eps_l learned (from LEARNED_EPS_INIT), the
     paper's remedy for 1x1 feature maps where nu2 is a single squared value.
     """
 
@@ -115,7 +117,9 @@ class FilterResponseNorm2d(nn.Module):
         self.act = act
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps_l = nn.Parameter(torch.full((num_channels,), 1e-4)) if learned_eps else None
+        self.eps_l = (
+            nn.Parameter(torch.full((num_channels,), LEARNED_EPS_INIT)) if learned_eps else None
+        )
         self.tlu = TLU(num_channels) if act and tlu else None
 
     def extra_repr(self) -> str:

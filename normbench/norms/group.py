@@ -9,19 +9,22 @@ from __future__ import annotations
 
 from torch import nn
 
+DEFAULT_GROUPS = 32  # the paper's G, for GN and for the norms grouped like it (EvoNorm-S0)
+
 
 class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` with the channel count first, so every norm builds as ``norm(C, ...)``."""
+    """``nn.GroupNorm`` with the channel count first, so every norm builds as ``norm(C, ...)``,
+    and its groups named as every grouped norm names them."""
 
-    def __init__(self, num_channels: int, num_groups: int = 32, eps: float = 1e-5) -> None:
-        super().__init__(num_groups, num_channels, eps=eps)
+    def __init__(self, num_channels: int, groups: int = DEFAULT_GROUPS, eps: float = 1e-5) -> None:
+        super().__init__(groups, num_channels, eps=eps)
 
 
 class LayerNorm2d(GroupNorm):
     """LN as in the GN paper: statistics over (C, H, W) per sample, per-channel affine."""
 
     def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
-        super().__init__(num_channels, num_groups=1, eps=eps)
+        super().__init__(num_channels, groups=1, eps=eps)
 
 
 class InstanceNorm2d(GroupNorm):
@@ -31,4 +34,4 @@ class InstanceNorm2d(GroupNorm):
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
-        super().__init__(num_channels, num_groups=num_channels, eps=eps)
+        super().__init__(num_channels, groups=num_channels, eps=eps)

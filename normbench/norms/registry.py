@@ -3,12 +3,15 @@
 Every builder takes the channel count first, so a model swaps norms behind one call:
 ``build_norm("gn", 256, groups=32)``. Options are keyword arguments; ``None`` means "use the
 default" (the config system passes every option key, the unused ones as ``None``), and an option
-the norm does not take, given a value, is a :class:`~normbench.errors.UserError`.
+the norm does not take, given a value, is a :class:`~normbench.errors.UserError`. An option's
+default is stated once, by the layer's constructor; the help of ``normbench norms`` reads it
+from there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +20,7 @@ from torch import nn
 from normbench.errors import UserError
 from normbench.norms.batch import EVAL_STATS, BatchNorm2d, SyncBatchNorm2d
 from normbench.norms.evonorm import EvoNormB0, EvoNormS0
-from normbench.norms.frn import FilterResponseNorm2d, frn_activation
+from normbench.norms.frn import LEARNED_EPS_INIT, FilterResponseNorm2d, frn_activation
 from normbench.norms.group import GroupNorm, InstanceNorm2d, LayerNorm2d
 from normbench.norms.renorm import BatchRenorm2d
 from normbench.norms.whitening import RUNNING_ESTIMATES, DecorrelatedBatchNorm2d, IterNorm2d
@@ -29,7 +32,7 @@ class NormSpec:
 
     name: str
     description: str
-    options: dict[str, str]  # option -> help text (with its default)
+    options: dict[str, str]  # option -> help text, ending with the constructor's default
     batch_dependent: bool  # statistics mix samples: behaviour depends on the per-GPU batch
     replaces_activation: bool  # includes its own nonlinearity: the model adds no ReLU after it
     builder: Callable[..., nn.Module] = field(repr=False, compare=False)
@@ -64,10 +67,10 @@ _CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 _BN_OPTIONS = {
-    "eps": "added to the variance (default 1e-5)",
-    "momentum": "running-statistics EMA factor, as in nn.BatchNorm2d (default 0.1)",
+    "eps": "added to the variance",
+    "momentum": "running-statistics EMA factor, as in nn.BatchNorm2d",
     "eval_stats": "running statistics for evaluation with several emulated GPUs: 'average' "
-    "(mean over GPUs) or 'first' (GPU 0's, like DDP's buffer broadcast) (default average)",
+    "(mean over GPUs) or 'first' (GPU 0's, like DDP's buffer broadcast)",
 }
 
 
@@ -75,204 +78,194 @@ def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
-def _groups_from(
-    name: str, num_channels: int, groups: int | None, group_size: int | None, default: int
-) -> int:
-    """The number of groups from either ``groups`` or ``group_size`` (channels per group)."""
-    if groups is not None and group_size is not None:
+def option_defaults(builder: Callable[..., nn.Module], options: Iterable[str]) -> dict[str, Any]:
+    """The default of each of ``options`` that ``builder`` (a layer class) states."""
+    parameters = inspect.signature(builder).parameters
+    return {
+        name: parameters[name].default
+        for name in options
+        if name in parameters and parameters[name].default is not inspect.Parameter.empty
+    }
+
+
+def _with_defaults(builder: Callable[..., nn.Module], options: dict[str, str]) -> dict[str, str]:
+    """Each option's help text followed by its default as ``builder`` states it (as the command
+    line writes it: true/false, 1e-05, first)."""
+    defaults = option_defaults(builder, options)
+    shown = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in defaults.items()}
+    return {
+        k: f"{text} (default {shown[k]})" if k in shown else text for k, text in options.items()
+    }
+
+
+def _grouping(spec: NormSpec, num_channels: int, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` with its grouping checked against the channel count: ``groups`` (G) or
+    ``group_size`` (C/G channels per group), the two axes of the paper's group ablation, never
+    both. A layer that takes G gets a group_size as G = C / group_size."""
+    if "groups" in given and "group_size" in given:
         raise UserError(
-            f"{name}: groups={groups} and group_size={group_size} both set (allowed: one of them)"
+            f"{spec.name}: groups={given['groups']} and group_size={given['group_size']} both set "
+            "(allowed: one of them)"
         )
+    defaults = option_defaults(spec.builder, ("groups", "group_size"))
+    group_size = given.get("group_size", defaults.get("group_size"))
     if group_size is not None:
         if num_channels % group_size:
             raise UserError(
-                f"{name}: group_size={group_size} does not divide {num_channels} channels "
+                f"{spec.name}: group_size={group_size} does not divide {num_channels} channels "
                 f"(allowed: {_divisors(num_channels)})"
             )
-        return num_channels // group_size
-    groups = default if groups is None else groups
-    if num_channels % groups:
+        if "groups" in defaults:  # the layer takes G
+            given = {k: v for k, v in given.items() if k != "group_size"}
+            given["groups"] = num_channels // group_size
+        return given
+    groups = given.get("groups", defaults.get("groups"))
+    if groups is not None and num_channels % groups:
         raise UserError(
-            f"{name}: groups={groups} does not divide {num_channels} channels "
+            f"{spec.name}: groups={groups} does not divide {num_channels} channels "
             f"(allowed: {_divisors(num_channels)}; or set group_size)"
         )
-    return groups
-
-
-def _build_gn(
-    num_channels: int, groups: int | None = None, group_size: int | None = None, eps: float = 1e-5
-) -> nn.Module:
-    """GN from either the number of groups or the channels per group (default 32 groups)."""
-    groups = _groups_from("gn", num_channels, groups, group_size, default=32)
-    return GroupNorm(num_channels, num_groups=groups, eps=eps)
-
-
-def _build_evonorm_s0(
-    num_channels: int,
-    groups: int | None = None,
-    group_size: int | None = None,
-    eps: float = 1e-5,
-    act: bool = True,
-) -> nn.Module:
-    """EvoNorm-S0 with GN's grouping options (default 32 groups)."""
-    groups = _groups_from("evonorm_s0", num_channels, groups, group_size, default=32)
-    return EvoNormS0(num_channels, groups=groups, eps=eps, act=act)
-
-
-# 16 channels per whitening group divides every width of the CPU ResNets (16, 32, 64, ...) and
-# keeps the per-group matrices small; the IterNorm paper used 64 on ImageNet.
-WHITENING_GROUP_SIZE = 16
-
-
-def _whitening_builder(name: str, cls: type[nn.Module]) -> Callable[..., nn.Module]:
-    """A builder that names the widths ``group_size`` may take when it does not divide C."""
-
-    def build(
-        num_channels: int, group_size: int = WHITENING_GROUP_SIZE, **options: Any
-    ) -> nn.Module:
-        if num_channels % group_size:
-            raise UserError(
-                f"{name}: group_size={group_size} does not divide {num_channels} channels "
-                f"(allowed: {_divisors(num_channels)})"
-            )
-        return cls(num_channels, group_size=group_size, **options)
-
-    return build
+    return given
 
 
 _GROUP_OPTIONS = {  # GN's and EvoNorm-S0's: statistics per group of C/G channels
-    "groups": "number of groups G (default 32; exclusive with group_size)",
-    "group_size": "channels per group, C/G (exclusive with groups)",
-    "eps": "added to the variance (default 1e-5)",
+    "groups": "number of groups G, exclusive with group_size",
+    "group_size": "channels per group, C/G, exclusive with groups",
+    "eps": "added to the variance",
 }
 _WHITENING_OPTIONS = {
-    "group_size": f"channels per whitening group (default {WHITENING_GROUP_SIZE})",
-    "eps": "added to the covariance's diagonal (default 1e-5)",
-    "momentum": "running-statistics EMA factor (default 0.1)",
+    "group_size": "channels per whitening group",
+    "eps": "added to the covariance's diagonal",
+    "momentum": "running-statistics EMA factor",
     "eval_stats": _BN_OPTIONS["eval_stats"],
     "running": "what evaluation's running statistics estimate: 'covariance' (averaged batch "
     "covariances, whitened at evaluation) or 'whitening' (averaged whitening matrices, as "
-    "the DBN and IterNorm papers' code) (default covariance)",
+    "the DBN and IterNorm papers' code)",
 }
+
+
+def _spec(
+    name: str, builder: Callable[..., nn.Module], options: dict[str, str], **fields: Any
+) -> NormSpec:
+    """A NormSpec whose option help ends with the defaults of ``builder``'s constructor."""
+    return NormSpec(name=name, builder=builder, options=_with_defaults(builder, options), **fields)
+
 
 _SPECS = {
     spec.name: spec
     for spec in [
-        NormSpec(
-            name="bn",
+        _spec(
+            "bn",
+            BatchNorm2d,
+            dict(_BN_OPTIONS),
             description="Batch Norm: per channel over (N, H, W) of each GPU's batch "
             "(emulated GPUs: per chunk)",
-            options=dict(_BN_OPTIONS),
             batch_dependent=True,
             replaces_activation=False,
-            builder=BatchNorm2d,
         ),
-        NormSpec(
-            name="syncbn",
+        _spec(
+            "syncbn",
+            SyncBatchNorm2d,
+            {k: v for k, v in _BN_OPTIONS.items() if k != "eval_stats"},
             description="synchronized Batch Norm: per channel over (N, H, W) of all GPUs' batches",
-            options={k: v for k, v in _BN_OPTIONS.items() if k != "eval_stats"},
             batch_dependent=True,
             replaces_activation=False,
-            builder=SyncBatchNorm2d,
         ),
-        NormSpec(
-            name="brn",
+        _spec(
+            "brn",
+            BatchRenorm2d,
+            {
+                **_BN_OPTIONS,
+                "r_max": "final clip of r = sigma_B / sigma to [1/r_max, r_max]",
+                "d_max": "final clip of d = (mu_B - mu) / sigma to [-d_max, d_max]",
+                "warmup_steps": "training steps of plain BN (r_max=1, d_max=0)",
+                "relax_steps": "steps after warmup over which r_max, d_max grow linearly to "
+                "their final values",
+            },
             description="Batch Renormalization (Ioffe 2017): BN pulled toward the moving "
             "statistics by clipped r, d; BN at inference",
-            options={
-                **_BN_OPTIONS,
-                "r_max": "final clip of r = sigma_B / sigma to [1/r_max, r_max] (default 1.5)",
-                "d_max": "final clip of d = (mu_B - mu) / sigma to [-d_max, d_max] (default 0.5)",
-                "warmup_steps": "training steps of plain BN (r_max=1, d_max=0) (default 5000)",
-                "relax_steps": "steps after warmup over which r_max, d_max grow linearly to "
-                "their final values (default 20000)",
-            },
             batch_dependent=True,
             replaces_activation=False,
-            builder=BatchRenorm2d,
         ),
-        NormSpec(
-            name="gn",
+        _spec(
+            "gn",
+            GroupNorm,
+            dict(_GROUP_OPTIONS),
             description="Group Norm (Wu & He 2018): per sample over (C/G, H, W) of each group",
-            options=dict(_GROUP_OPTIONS),
             batch_dependent=False,
             replaces_activation=False,
-            builder=_build_gn,
         ),
-        NormSpec(
-            name="ln",
+        _spec(
+            "ln",
+            LayerNorm2d,
+            {"eps": "added to the variance"},
             description="Layer Norm: per sample over (C, H, W), per-channel affine (GN, G=1)",
-            options={"eps": "added to the variance (default 1e-5)"},
             batch_dependent=False,
             replaces_activation=False,
-            builder=LayerNorm2d,
         ),
-        NormSpec(
-            name="in",
+        _spec(
+            "in",
+            InstanceNorm2d,
+            {"eps": "added to the variance"},
             description="Instance Norm: per sample and channel over (H, W) (GN, G=C)",
-            options={"eps": "added to the variance (default 1e-5)"},
             batch_dependent=False,
             replaces_activation=False,
-            builder=InstanceNorm2d,
         ),
-        NormSpec(
-            name="frn",
+        _spec(
+            "frn",
+            FilterResponseNorm2d,
+            {
+                "eps": "added to the mean square",
+                "learned_eps": f"eps = eps + |eps_l|, eps_l learned per channel, init "
+                f"{LEARNED_EPS_INIT} (for 1x1 feature maps)",
+                "tlu": "FRN's nonlinearity: the TLU max(y, tau) (true) or ReLU (false, the "
+                "paper's 'FRN without TLU')",
+            },
             description="Filter Response Norm + TLU (Singh & Krishnan 2020): "
             "x / sqrt(mean_HW x^2 + eps), affine, max(., tau); replaces the ReLU",
-            options={
-                "eps": "added to the mean square (default 1e-6)",
-                "learned_eps": "eps = eps + |eps_l|, eps_l learned per channel, init 1e-4 "
-                "(for 1x1 feature maps) (default false)",
-                "tlu": "FRN's nonlinearity: the TLU max(y, tau) (true) or ReLU (false, the "
-                "paper's 'FRN without TLU') (default true)",
-            },
             batch_dependent=False,
             replaces_activation=True,
-            builder=FilterResponseNorm2d,
             activation=frn_activation,
         ),
-        NormSpec(
-            name="evonorm_b0",
-            description="EvoNorm-B0 (Liu et al. 2020): x / max(sqrt(batch var + eps), "
-            "v x + instance std), affine; replaces the ReLU (per-GPU batch variance)",
-            options={
-                "eps": "added to the variances (default 1e-5)",
-                "momentum": "running-variance EMA factor (default 0.1)",
+        _spec(
+            "evonorm_b0",
+            EvoNormB0,
+            {
+                "eps": "added to the variances",
+                "momentum": "running-variance EMA factor",
                 "eval_stats": _BN_OPTIONS["eval_stats"],
             },
+            description="EvoNorm-B0 (Liu et al. 2020): x / max(sqrt(batch var + eps), "
+            "v x + instance std), affine; replaces the ReLU (per-GPU batch variance)",
             batch_dependent=True,
             replaces_activation=True,
-            builder=EvoNormB0,
         ),
-        NormSpec(
-            name="evonorm_s0",
+        _spec(
+            "evonorm_s0",
+            EvoNormS0,
+            dict(_GROUP_OPTIONS),
             description="EvoNorm-S0 (Liu et al. 2020): x sigmoid(v x) / group std, affine; "
             "replaces the ReLU (no batch statistics)",
-            options=dict(_GROUP_OPTIONS),
             batch_dependent=False,
             replaces_activation=True,
-            builder=_build_evonorm_s0,
         ),
-        NormSpec(
-            name="dbn",
+        _spec(
+            "dbn",
+            DecorrelatedBatchNorm2d,
+            dict(_WHITENING_OPTIONS),
             description="Decorrelated BN (Huang et al. 2018): ZCA whitening of channel groups "
             "over each GPU's batch (eigendecomposition, float64)",
-            options=dict(_WHITENING_OPTIONS),
             batch_dependent=True,
             replaces_activation=False,
-            builder=_whitening_builder("dbn", DecorrelatedBatchNorm2d),
         ),
-        NormSpec(
-            name="iternorm",
+        _spec(
+            "iternorm",
+            IterNorm2d,
+            {**_WHITENING_OPTIONS, "iterations": "Newton iterations T"},
             description="Iterative Normalization (Huang et al. 2019): whitening of channel "
             "groups over each GPU's batch by Newton's iterations",
-            options={
-                **_WHITENING_OPTIONS,
-                "iterations": "Newton iterations T (default 5)",
-            },
             batch_dependent=True,
             replaces_activation=False,
-            builder=_whitening_builder("iternorm", IterNorm2d),
         ),
     ]
 }
@@ -310,6 +303,7 @@ def build_norm(name: str, num_channels: int, *, act: bool = True, **options: Any
         allowed, check = _CHECKS[key]
         if not check(value):
             raise UserError(f"{name}: {key}={value!r} is invalid (allowed: {allowed})")
+    given = _grouping(spec, num_channels, given)
     if spec.replaces_activation:
         given["act"] = act
     return spec.builder(num_channels, **given)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from normbench.norms.batch import BatchNorm2d, fold_chunks, tile_chunks
+from normbench.norms.batch import DEFAULT_EVAL_STATS, BatchNorm2d, fold_chunks, tile_chunks
 
 
 class BatchRenorm2d(BatchNorm2d):
@@ -30,7 +30,7 @@ class BatchRenorm2d(BatchNorm2d):
         num_features: int,
         eps: float = 1e-5,
         momentum: float = 0.1,
-        eval_stats: str = "average",
+        eval_stats: str = DEFAULT_EVAL_STATS,
         r_max: float = 1.5,
         d_max: float = 0.5,
         warmup_steps: int = 5000,

@@ -34,6 +34,7 @@ from normbench.data import build_datasets
 from normbench.errors import UserError
 from normbench.logs import EpochProgress
 from normbench.models import build_model
+    DEFAULT_EVAL_STATS,
 from normbench.norms import (
     alt_running_stats,
     get_norm_spec,
@@ -233,7 +234,7 @@ class Trainer:
     def bn_eval_stats(self) -> str:
         if not get_norm_spec(self.cfg.norm.name).batch_dependent:
             return "n/a (no batch statistics)"
-        return self.cfg.norm.eval_stats or "average"
+        return self.cfg.norm.eval_stats or DEFAULT_EVAL_STATS
 
     def _wrap_ddp(self, model: nn.Module) -> nn.Module:
         if self.env.world_size == 1:
