@@ -172,3 +172,31 @@ def make_zoo_sweep(root: Path) -> Path:
         (cell / "metrics.json").write_text(json.dumps(metrics))
         (cell / "job.json").write_text(json.dumps(job))
     return sweep
+
+
+# One folder holding Tables 1-3, as the converged experiment writes them: BN and GN over batch
+# sizes, LN and IN at 32, GN's groups and channels per group at 32; 3 seeds; GN's default is 8
+# groups (no group override), as ResNet-8's. Seed s adds s / 10 to every cell but GN at 2,
+# which it lowers by s / 10: paired by seed, GN 2 - GN 32 spreads, BN 2 - BN 32 does not.
+CONVERGED_SEEDS = (0, 1, 2)
+CONVERGED_TARGETS = {"bn": {32: 10.0, 8: 11.0, 2: 14.0}, "gn": {32: 11.0, 8: 11.1, 2: 11.2}}
+
+
+def make_converged_sweep(root: Path) -> Path:
+    sweep = root / "converged"
+    for seed in CONVERGED_SEEDS:
+        shift = seed / 10
+        for norm, targets in CONVERGED_TARGETS.items():
+            for batch, target in targets.items():
+                value = target - shift if (norm, batch) == ("gn", 2) else target + shift
+                overrides = {"norm": norm, "batch": batch, "seed": seed}
+                write_cell(sweep, overrides, value, groups=8 if norm == "gn" else None)
+        for norm, target in (("ln", 12.0), ("in", 13.0)):
+            write_cell(sweep, {"norm": norm, "seed": seed}, target + shift)
+        for groups, target in ((16, 11.5), (4, 11.8)):
+            overrides = {"norm": "gn", "norm.groups": groups, "seed": seed}
+            write_cell(sweep, overrides, target + shift, groups=groups)
+        for size, target in ((16, 12.5), (4, 11.6)):
+            overrides = {"norm": "gn", "norm.group_size": size, "seed": seed}
+            write_cell(sweep, overrides, target + shift, group_size=size)
+    return sweep

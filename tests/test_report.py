@@ -14,6 +14,7 @@ from fixtures_report import (
     COMMAND,
     make_ablation_sweep,
     make_batch_sweep,
+    make_converged_sweep,
     make_norms_sweep,
     write_cell,
 )
@@ -21,6 +22,7 @@ from fixtures_report import (
 from normbench.errors import UserError
 from normbench.report import build_report, collect_runs, format_report, median_last, write_atomic
 from normbench.report.collect import errors_from_history
+from normbench.report.committed import load_reference, read_cells_csv
 from normbench.report.paper import PAPER_TABLES, load_paper_table
 from normbench.report.plots import plot_sweep
 from normbench.report.tables import (
@@ -416,18 +418,132 @@ def test_a_sweep_without_diagnostics_has_no_diagnostics_section(batch_report) ->
     assert not any(p.name == "diagnostics.csv" for p in batch_report.paths)
 
 
-def test_bn_penalty_beyond_gn_is_paired_by_seed(tmp_path: Path) -> None:
-    from normbench.report import diagnostics
+# ----------------------------------------------------------------------------- several tables
 
-    sweep = tmp_path / "paired"
-    # seed s: BN 10 -> 14 + s, GN 11 -> 11 + s/2: penalties 4, 4.5, 5
-    for seed in range(3):
-        for norm, high, low in (("bn", 10.0, 14.0 + seed), ("gn", 11.0, 11.0 + seed / 2)):
-            write_cell(sweep, {"norm": norm, "batch": 32, "seed": seed}, high)
-            write_cell(sweep, {"norm": norm, "batch": 2, "seed": seed}, low)
-    mean, error, n, high, low = diagnostics.paired_penalty(collect_runs(sweep), "val_error_median5")
-    assert (mean, n, high, low) == (pytest.approx(4.5), 3, 32, 2)
-    assert error == pytest.approx(0.5 / math.sqrt(3))
-    assert "+4.50 +- 0.29 (standard error over 3 seeds, 15.6 standard errors)" in (
-        diagnostics.penalty_line(collect_runs(sweep), "val_error_median5")
-    )
+
+@pytest.fixture(scope="module")
+def converged_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tables 1-3 in one folder; BN's cells measured the BN diagnostics."""
+    sweep = make_converged_sweep(tmp_path_factory.mktemp("runs"))
+    for cell in sweep.iterdir():
+        if "norm=bn" in cell.name:
+            _with_diagnostics(cell, ema_average=1.0, ema_first=1.0, precise=1.0, batch=1.0)
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def converged_report(converged_sweep: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("out") / "report"
+    return build_report(converged_sweep, out, reference_dir=out / "no-reference")
+
+
+def test_a_folder_of_tables_1_to_3_gives_every_layout_from_its_own_cells(
+    converged_sweep: Path,
+) -> None:
+    tables = {t.key: t for t in build_tables(collect_runs(converged_sweep))}
+    assert list(tables) == ["batch", "norms", "groups", "group_size"]
+    batch = tables["batch"]  # BN and GN at GN's default setting; LN and IN ran at 32 only
+    assert list(batch.mean.index) == ["BN", "GN", DIFF_ROW]
+    assert list(batch.mean.columns) == [32, 8, 2]
+    assert batch.n.loc["GN", 32] == 3  # the ablation's GN cells at 32 are not its seeds
+    assert batch.mean.loc["GN", 32] == pytest.approx(11.1)
+    norms = tables["norms"]  # at the largest batch, GN at its default
+    assert list(norms.mean.columns) == ["BN", "LN", "IN", "GN"]
+    assert norms.mean.loc["error", "GN"] == pytest.approx(11.1)
+    assert "32 images per GPU" in norms.title
+    groups = tables["groups"]  # GN's default (8 groups, from the batch sweep) and LN at G=1
+    assert list(groups.mean.columns) == [16, 8, 4, 1]
+    assert groups.mean.loc["GN"].tolist() == pytest.approx([11.6, 11.1, 11.9, 12.1])
+    assert list(tables["group_size"].mean.columns) == [16, 4, 1]
+
+
+def test_a_folder_of_tables_1_to_3_reads_bn_diagnostics_from_table_2_only(
+    converged_report,
+) -> None:
+    assert [t.key for t in converged_report.tables] == ["batch", "norms", "groups", "group_size"]
+    mean, _ = converged_report.diagnostics
+    # GN at 32 is the batch sweep's GN (final epoch: 11.0 - 0.5 + seed / 10), not pooled with
+    # the ablation's GN cells; LN and IN, at 32 only, are not Table 2's
+    assert mean.at["GN (final epoch)", 32] == pytest.approx(10.6)
+    assert not any(row.startswith(("LN", "IN")) for row in mean.index)
+
+
+def test_a_folder_holding_only_a_reports_cells_csv_is_reported_from_it(
+    converged_report, tmp_path: Path
+) -> None:
+    # A committed result (results/<name>/) keeps its report, not its run directories.
+    first = converged_report
+    committed = tmp_path / "results" / "fashion_mnist-converged"
+    committed.mkdir(parents=True)
+    cells = pd.read_csv(first.out_dir / "cells.csv").assign(path="runs/gone")
+    cells.to_csv(committed / "cells.csv", index=False)
+    again = build_report(committed)
+    assert [t.key for t in again.tables] == [t.key for t in first.tables]
+    for ours, theirs in zip(first.tables, again.tables, strict=True):
+        pd.testing.assert_frame_equal(ours.display, theirs.display)
+        pd.testing.assert_frame_equal(ours.delta, theirs.delta)
+    paired = "paired_groups.csv"
+    assert (committed / "report" / paired).read_text() == (first.out_dir / paired).read_text()
+
+
+def test_the_report_writes_and_prints_the_paired_differences(converged_report) -> None:
+    from normbench.report import stats
+
+    out = converged_report.out_dir
+    paired = pd.read_csv(out / "paired_batch.csv")
+    assert {"claim", "difference", "n", "per_seed", "mean", "se", "ci95_low", "ci95_high",
+            "paper", "verdict"} <= set(paired.columns)  # fmt: skip
+    row = paired.set_index("difference").loc["GN at 2 - GN at 32"]
+    assert (row["n"], row["verdict"]) == (3, stats.WITHIN_NOISE)
+    for key in ("norms", "groups", "group_size"):
+        assert (out / f"paired_{key}.csv").stat().st_size > 0
+    text = (out / "report.md").read_text()
+    assert "## Paired differences" in text
+    assert "| GN flat | GN at 2 - GN at 32 | 0: +0.20, 1: +0.00, 2: -0.20 |" in text
+    assert "BN's penalty beyond GN's, (BN at 2 - BN at 32) - (GN at 2 - GN at 32)" in text
+    console = format_report(converged_report)
+    assert "Paired differences over seeds" in console and "within noise" in console
+
+
+def _reference_dir(converged_sweep: Path, root: Path) -> Path:
+    """A committed converged result, as results/fashion_mnist-converged/cells.csv holds it."""
+    reference = root / "results" / "fashion_mnist-converged"
+    reference.mkdir(parents=True)
+    collect_runs(converged_sweep).to_csv(reference / "cells.csv", index=False)
+    return reference
+
+
+METRIC = "val_error_median5"
+REFERENCE_LABEL = "converged reference (results/fashion_mnist-converged, 3 seeds)"
+
+
+def test_the_converged_reference_stands_beside_a_sweep_of_its_dataset(
+    converged_sweep: Path, batch_sweep: Path, tmp_path: Path
+) -> None:
+    reference = _reference_dir(converged_sweep, tmp_path)
+    report = build_report(batch_sweep, tmp_path / "out", reference_dir=reference)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert f"**{REFERENCE_LABEL}**" in text
+    assert "| BN | 10.10 +- 0.10 (n=3) | 11.10 +- 0.10 (n=3) | 14.10 +- 0.10 (n=3) |" in text
+    assert REFERENCE_LABEL in format_report(report)
+    # Table 1 of a norms sweep gets the reference's Table 1
+    norms = make_norms_sweep(tmp_path)
+    found = load_reference(collect_runs(norms), METRIC, norms, reference)
+    assert list(found.tables["norms"].mean.columns) == ["BN", "LN", "IN", "GN"]
+
+
+def test_no_reference_without_one_for_another_dataset_or_for_the_reference_itself(
+    converged_sweep: Path, batch_sweep: Path, batch_report, tmp_path: Path
+) -> None:
+    # without the committed folder (normbench installed without the repository): none, silently
+    assert load_reference(batch_report.cells, METRIC, batch_sweep, tmp_path / "nothing") is None
+    assert "converged reference" not in (batch_report.out_dir / "report.md").read_text()
+    reference = _reference_dir(converged_sweep, tmp_path)
+    cells = collect_runs(batch_sweep)
+    assert load_reference(cells, METRIC, batch_sweep, reference) is not None
+    # the committed cell records themselves (run directories) serve as well as a cells.csv
+    assert load_reference(cells, METRIC, batch_sweep, converged_sweep) is not None
+    other = cells.assign(dataset="cifar10")
+    assert load_reference(other, METRIC, batch_sweep, reference) is None
+    itself = read_cells_csv(reference / "cells.csv")
+    assert load_reference(itself, METRIC, reference, reference) is None

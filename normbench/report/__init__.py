@@ -4,22 +4,26 @@
     print(format_report(report))
 
 Writes report.md, cells.csv, per layout <key>_ours.csv / <key>_paper.csv / <key>_delta.csv,
+paired_<key>.csv (the paper's claims as paired differences over seeds, :mod:`.stats`),
 error_vs_<key>.png, curves/<cell>.png, and for a sweep of many norms over batch sizes the zoo
-figures of :mod:`normbench.report.zoo`. Run directories are only read; every output file is
-written to a temporary name and renamed into place, so a crash never leaves half a file.
+figures of :mod:`normbench.report.zoo`. A folder that holds a committed report's cells.csv
+instead of run directories (results/<name>/) is reported from that file. Run directories are
+only read; every output file is written to a temporary name and renamed into place, so a crash
+never leaves half a file.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from normbench.report import diagnostics
+from normbench.report import diagnostics, stats
 from normbench.report.collect import collect_runs, median_last, read_history
+from normbench.report.committed import REFERENCE_DIR, Reference, load_reference, read_sweep
 from normbench.report.plots import figure_png, plot_sweep, plot_training_curves
 from normbench.report.tables import (
     DEFAULT_METRIC,
@@ -27,9 +31,10 @@ from normbench.report.tables import (
     METRICS,
     VS_BN_ROW,
     Table,
-    build_tables,
+    build_table,
     check_metric,
     format_number_frame,
+    layout_cells,
     markdown_table,
 )
 from normbench.report.zoo import zoo_figures, zoo_markdown
@@ -74,6 +79,10 @@ class Report:
     paths: list[Path]
     # The BN diagnostics table (mean, std over seeds); None when no cell measured them.
     diagnostics: tuple[pd.DataFrame, pd.DataFrame] | None = None
+    # The paper's claims per table key, as paired differences over seeds.
+    claims: dict[str, list[stats.Paired]] = field(default_factory=dict)
+    # The committed converged result in the same layouts; None where there is none to show.
+    reference: Reference | None = None
 
     @property
     def unfinished(self) -> list[str]:
@@ -148,13 +157,32 @@ def _skipped_line(cells: pd.DataFrame) -> list[str]:
     return [f"unreadable images skipped (trained and evaluated without them): {counts}"]
 
 
-def _table_texts(table: Table) -> dict[str, pd.DataFrame]:
-    """Our table, the paper's and the delta as text frames, ready to print."""
-    return {
+def _table_texts(table: Table, reference: Reference | None) -> dict[str, pd.DataFrame]:
+    """Our table, the paper's, the delta and the converged reference (where the report has one
+    in this layout) as text frames, ready to print."""
+    texts = {
         "ours": table.display,
         "paper": format_number_frame(table.paper, signed_rows=[DIFF_ROW, VS_BN_ROW]),
         "ours - paper": format_number_frame(table.delta, signed_rows=table.delta.index),
     }
+    if reference is not None and table.key in reference.tables:
+        texts[reference.label] = reference.tables[table.key].display
+    return texts
+
+
+PAIRED_NOTE = (
+    "Each of the paper's claims, computed from our cells seed by seed: A - B for every seed "
+    "that finished both (seed s of two cells drew the same data subset and random streams), "
+    f"the mean over seeds and its {round(100 * stats.LEVEL)}% Student-t interval (n - 1 "
+    "degrees of freedom: with 2 or 3 seeds it is wide, and numbers are printed only to the "
+    "precision it allows). *within noise*: the interval holds 0, so these seeds do not tell "
+    "the two apart; one seed gives no interval. `paper`: the paper's difference for the same "
+    "entries."
+)
+
+
+def _short_title(table: Table) -> str:
+    return table.title.split(":")[0]
 
 
 def _machine_lines(cells: pd.DataFrame) -> list[str]:
@@ -192,16 +220,22 @@ def render_markdown(report: Report, images: dict[str, str], curves: dict[str, st
     problems = _problem_lines(cells)
     if problems:
         out += ["## Cells that did not finish", "", *(f"- `{p}`" for p in problems), ""]
-    penalty = diagnostics.penalty_line(cells, report.metric)
-    out += [f"{penalty}.", ""] if penalty else []
+    for line in stats.penalty_lines(report.claims.get("batch", [])):
+        out += [f"{line}.", ""]
     out += _diagnostics_markdown(report, images)
     for table in report.tables:
         out += [f"## {table.title}", ""]
-        for name, frame in _table_texts(table).items():
+        for name, frame in _table_texts(table, report.reference).items():
             out += [f"**{name}**", "", markdown_table(frame, table.column_name), ""]
         out += [f"Paper source: {'; '.join(table.sources)}.", ""]
         if table.key in images:
             out += [f"![{table.title}]({images[table.key]})", ""]
+    if any(report.claims.values()):
+        out += ["## Paired differences", "", PAIRED_NOTE, ""]
+        for table in report.tables:
+            if report.claims.get(table.key):
+                frame = stats.display_frame(report.claims[table.key])
+                out += [f"### {_short_title(table)}", "", markdown_table(frame, "claim"), ""]
     if curves:
         out += ["## Training curves", ""]
         out += [f"![{cell}]({path})" for cell, path in curves.items()] + [""]
@@ -242,40 +276,52 @@ def format_report(report: Report) -> str:
         *_skipped_line(cells),
         *_problem_lines(cells),
     ]
-    penalty = diagnostics.penalty_line(cells, report.metric)
-    lines += [penalty] if penalty else []
+    lines += stats.penalty_lines(report.claims.get("batch", []))
     if report.diagnostics is not None:
         frame = diagnostics.display_frame(*report.diagnostics).rename_axis(columns="images per GPU")
         lines += ["", "BN diagnostics: val error of the final weights by evaluation statistics",
                   frame.to_string(na_rep="")]  # fmt: skip
     for table in report.tables:
         lines += ["", table.title]
-        for name, frame in _table_texts(table).items():
+        for name, frame in _table_texts(table, report.reference).items():
             frame = frame.rename_axis(index=name, columns=table.column_name)
             lines += [f"{name}:", frame.to_string(na_rep=""), ""]
+    for table in report.tables:
+        if report.claims.get(table.key):
+            lines += [f"Paired differences over seeds ({round(100 * stats.LEVEL)}% t-interval), "
+                      f"{_short_title(table)}:",
+                      stats.display_frame(report.claims[table.key]).to_string(), ""]  # fmt: skip
     report_md = [p for p in report.paths if p.name == "report.md"]
     if report_md:
         lines.append(f"written: {report_md[0]} ({len(report.paths)} files)")
     return "\n".join(lines)
 
 
-def build_report(sweep_dir: Path, out_dir: Path | None = None, metric: str | None = None) -> Report:
+def build_report(
+    sweep_dir: Path,
+    out_dir: Path | None = None,
+    metric: str | None = None,
+    reference_dir: Path = REFERENCE_DIR,
+) -> Report:
     """Read every cell of ``sweep_dir`` and write the report into ``out_dir``.
 
     ``out_dir`` defaults to ``sweep_dir/"report"``; it is skipped when reading cells. ``metric``
     defaults to the one the cells were configured with (config.yaml ``metric``) when they agree,
-    else the median of the last 5 epochs.
+    else the median of the last 5 epochs. ``reference_dir`` is the committed converged result
+    shown beside tables of the same dataset (see :mod:`.committed`).
     """
     if metric is not None:
         check_metric(metric)
     sweep_dir = Path(sweep_dir)
     out_dir = Path(out_dir) if out_dir is not None else sweep_dir / "report"
-    cells = collect_runs(sweep_dir, exclude=[out_dir])
+    cells = read_sweep(sweep_dir, exclude=[out_dir])
     if metric is None:
         configured = cells["metric"].dropna().unique()
         metric = str(configured[0]) if len(configured) == 1 else DEFAULT_METRIC
         check_metric(metric)
-    tables = build_tables(cells, metric)
+    layouts = layout_cells(cells)
+    tables = [build_table(part, key, metric) for key, part in layouts.items()]
+    claims = {table.key: stats.layout_claims(table) for table in tables}
     (out_dir / "curves").mkdir(parents=True, exist_ok=True)
     paths = [write_atomic(out_dir / "cells.csv", cells.to_csv(index=False).encode())]
     images: dict[str, str] = {}
@@ -284,12 +330,16 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None, metric: str | Non
                             ("delta", table.delta)):  # fmt: skip
             csv = frame.to_csv().encode()
             paths.append(write_atomic(out_dir / f"{table.key}_{part}.csv", csv))
+        csv = stats.claims_frame(claims[table.key]).to_csv(index=False).encode()
+        paths.append(write_atomic(out_dir / f"paired_{table.key}.csv", csv))
         if table.key != "norms":  # Table 1's layout has no numeric axis to plot against
             name = f"error_vs_{table.key}.png"
             png = figure_png(plot_sweep(table, METRICS[metric]))
             paths.append(write_atomic(out_dir / name, png))
             images[table.key] = name
-    found = diagnostics.diagnostics_table(cells)
+    # Table 2's cells: in a folder of several tables, the others' cells at one batch would
+    # join its columns as if they were seeds.
+    found = diagnostics.diagnostics_table(layouts.get("batch", cells))
     if found is not None:
         mean, std = found
         csv = pd.concat({"mean": mean, "std": std}).to_csv().encode()
@@ -318,6 +368,8 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None, metric: str | Non
         commands=_commands(cells),
         paths=paths,
         diagnostics=found,
+        claims=claims,
+        reference=load_reference(cells, metric, sweep_dir, reference_dir),
     )
     markdown = render_markdown(report, images, curves) + zoo_markdown(zoo)
     report.paths.append(write_atomic(out_dir / "report.md", markdown.encode()))

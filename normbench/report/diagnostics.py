@@ -123,45 +123,6 @@ def plot_diagnostics(mean: pd.DataFrame, std: pd.DataFrame) -> Figure:
     return figure
 
 
-def paired_penalty(cells: pd.DataFrame, metric: str) -> tuple[float, float, int, int, int] | None:
-    """BN's small-batch penalty beyond GN's, paired by seed: the mean over seeds of
-    (BN at b_min - BN at b_max) - (GN at b_min - GN at b_max), its standard error, the number
-    of seeds with all four cells finished, b_max and b_min; None without two batch sizes."""
-    done = cells[(cells["status"] == "finished") & cells[metric].notna()]
-    labels = done["norm_label"].fillna(done["norm"]).map(norm_row_label)
-    done = done[labels.isin(["BN", "GN"])].assign(label=labels)
-    if done["batch"].nunique() < 2:
-        return None
-    high, low = int(done["batch"].max()), int(done["batch"].min())
-    values = done.pivot_table(index="seed", columns=["label", "batch"], values=metric)
-    needed = [(n, b) for n in ("BN", "GN") for b in (high, low)]
-    if not all(c in values.columns for c in needed):
-        return None
-    values = values[needed].dropna()
-    penalty = (values[("BN", low)] - values[("BN", high)]) - (
-        values[("GN", low)] - values[("GN", high)]
-    )
-    n = len(penalty)
-    if n == 0:
-        return None
-    error = float(penalty.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    return float(penalty.mean()), error, n, high, low
-
-
-def penalty_line(cells: pd.DataFrame, metric: str) -> str | None:
-    found = paired_penalty(cells, metric)
-    if found is None:
-        return None
-    mean, error, n, high, low = found
-    spread = f" +- {error:.2f} (standard error over {n} seeds" if n > 1 else " (one seed"
-    ratio = f", {abs(mean) / error:.1f} standard errors" if n > 1 and error > 0 else ""
-    return (
-        f"BN's penalty from {high} to {low} images per GPU beyond GN's, "
-        f"(BN {low} - BN {high}) - (GN {low} - GN {high}), paired by seed: "
-        f"{mean:+.2f}{spread}{ratio})"
-    )
-
-
 def cost_line(cells: pd.DataFrame) -> str | None:
     """How much the diagnostics cost, relative to training, over the cells that ran them."""
     ran = cells[cells["diagnostics_time_s"].notna() & cells["wall_time_s"].notna()]

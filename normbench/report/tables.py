@@ -1,6 +1,7 @@
 """Tables in the paper's layouts, built from the per-cell DataFrame of collect.py.
 
-Which layout a sweep gets is read from what varies among its cells:
+Which layouts a sweep gets is read from what varies among its cells (:func:`layout_cells`; one
+folder may hold several tables' cells, as the converged experiment writes Tables 1-3 into one):
 
 - batch per GPU varies              -> paper Table 2: rows = norms, columns = 32, 16, 8, 4, 2 ...,
                                        plus the paper's difference row "GN - BN";
@@ -48,7 +49,10 @@ class Table:
     ``mean`` (numbers), ``std`` (sample std over seeds), ``n`` (finished seeds) and ``display``
     (text as printed) share rows and columns, the difference row included (std NaN, n 0 there);
     ``paper`` is the paper's table in its own rows and columns; ``delta`` = ``mean`` - ``paper``
-    on our rows and columns, NaN where the paper has no number.
+    on our rows and columns, NaN where the paper has no number. ``seeds`` holds the finished
+    seeds' values (index: seed; columns: (row, col) of ``mean``), which paired statistics read;
+    ``default`` is the column of GN's default group setting in a group ablation (None elsewhere,
+    or where no cell ran the default).
     """
 
     key: str
@@ -61,6 +65,8 @@ class Table:
     paper: pd.DataFrame
     delta: pd.DataFrame
     sources: list[str] = field(default_factory=list)
+    seeds: pd.DataFrame = field(default_factory=pd.DataFrame)
+    default: int | None = None
 
 
 def check_metric(metric: str) -> None:
@@ -157,20 +163,83 @@ def _group_size_entries(cells: pd.DataFrame) -> pd.DataFrame:
     return _ablation_entries(gn, cells[cells["norm"] == "in"], "group_size")
 
 
-def infer_layouts(cells: pd.DataFrame) -> list[str]:
-    """Which paper layouts fit a sweep: ["batch"], ["groups", "group_size"] (or one), ["norms"]."""
-    if cells["batch"].dropna().nunique() > 1:
-        return ["batch"]
-    gn_settings = cells.loc[cells["norm"] == "gn", ["groups", "group_size"]].drop_duplicates()
-    if len(gn_settings) > 1:
-        layouts = [
-            key
-            for key, entries in (("groups", _groups_entries), ("group_size", _group_size_entries))
-            if len(entries(cells))
-        ]
-        if layouts:
-            return layouts
-    return ["norms"]
+GROUP_OVERRIDES = ("norm.groups", "norm.group_size")
+
+
+def _group_overridden(cells: pd.DataFrame) -> pd.Series:
+    """Whether a cell's overrides set GN's group setting; True where no overrides are recorded
+    (a record older than them cannot say that it ran the default)."""
+
+    def overridden(text: object) -> bool:
+        return not isinstance(text, str) or any(key in json.loads(text) for key in GROUP_OVERRIDES)
+
+    return cells["overrides"].map(overridden).astype(bool)
+
+
+def _group_setting(cells: pd.DataFrame) -> pd.Series:
+    """GN's group setting of each cell as text ("8/<NA>": 8 groups), NA included."""
+    return cells["groups"].map(str) + "/" + cells["group_size"].map(str)
+
+
+def _batch_spans(cells: pd.DataFrame) -> pd.Series:
+    """Per cell, how many batch sizes its curve (norm, group setting, other settings) ran at."""
+    label = cells["norm_label"].fillna(cells["norm"]).fillna("?")
+    curve = label + " " + _group_setting(cells) + setting_suffixes(cells)
+    return cells.groupby(curve)["batch"].transform("nunique")
+
+
+def _ablation_cells(cells: pd.DataFrame, spans: pd.Series) -> pd.Series:
+    """GN cells of a group ablation: run at one batch size only, with a group setting of their
+    own, where GN runs several settings; at the largest batch that holds such cells."""
+    gn = cells["norm"] == "gn"
+    varied = _group_setting(cells)[gn].groupby(cells.loc[gn, "batch"]).transform("nunique") > 1
+    found = gn & (spans == 1) & _group_overridden(cells)
+    found &= varied.reindex(cells.index, fill_value=False).astype(bool)
+    return found & (cells["batch"] == cells.loc[found, "batch"].max())
+
+
+def layout_cells(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The paper layouts that fit a sweep and the cells each is built from, in LAYOUTS order.
+
+    - groups / group_size (Table 3): when GN cells of a group ablation exist (see
+      _ablation_cells), every GN, LN and IN cell at the ablation's batch;
+    - norms (Table 1): the other cells at the largest batch, when BN is there beside a norm
+      other than BN and GN that ran at no other batch (LN and IN beside a BN-vs-GN batch
+      sweep); and all cells when no other layout fits;
+    - batch (Table 2): the cells neither of those takes for itself, when their batch varies.
+
+    A folder of one table's cells gets that table from all its cells, as before folders held
+    several tables.
+    """
+    spans = _batch_spans(cells)
+    ablation = _ablation_cells(cells, spans)
+    found: dict[str, pd.DataFrame] = {}
+    if ablation.any():
+        at_batch = cells[cells["batch"] == cells.loc[ablation, "batch"].max()]
+        for key in ("groups", "group_size"):
+            if len(LAYOUTS[key][0](at_batch)):
+                found[key] = at_batch
+    rest = cells[~ablation]
+    top = rest[rest["batch"] == rest["batch"].max()]
+    labels = top["norm_label"].fillna(top["norm"]).map(norm_row_label)
+    only_here = top.index[(spans[top.index] == 1) & ~labels.isin(["BN", "GN"])]
+    with_norms = (labels == "BN").any() and len(only_here) > 0
+    batch_cells = rest.drop(only_here) if with_norms else rest
+    if batch_cells["batch"].nunique() > 1:
+        found["batch"] = batch_cells
+    if with_norms or not found:
+        found["norms"] = top if with_norms else cells
+    return {key: found[key] for key in LAYOUTS if key in found}
+
+
+def default_setting(cells: pd.DataFrame, key: str) -> int | None:
+    """GN's default groups (key "groups") or channels per group ("group_size"): the setting of
+    the GN cells whose overrides leave it alone; None where no such cell has that setting."""
+    default = cells[(cells["norm"] == "gn") & ~_group_overridden(cells)]
+    if key == "groups":
+        default = default[default["group_size"].isna()]
+    values = default[key].dropna()
+    return int(values.mode().iloc[0]) if len(values) else None
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -274,6 +343,7 @@ def build_table(cells: pd.DataFrame, key: str, metric: str = DEFAULT_METRIC) -> 
     check_metric(metric)
     entry_fn, column_name, title = LAYOUTS[key]
     entries = entry_fn(cells)
+    entries = entries.assign(col=entries["col"] if key == "norms" else entries["col"].astype(int))
     rows, cols = _ordered_axes(entries, key)
     shape = {"index": pd.Index(rows, dtype=object), "columns": pd.Index(cols, dtype=object)}
     mean = pd.DataFrame(np.nan, **shape)
@@ -281,7 +351,6 @@ def build_table(cells: pd.DataFrame, key: str, metric: str = DEFAULT_METRIC) -> 
     n = pd.DataFrame(0, **shape)
     display = pd.DataFrame("", **shape)
     for (row, col), group in entries.groupby(["row", "col"]):
-        col = col if key == "norms" else int(col)
         mean.at[row, col], std.at[row, col], n.at[row, col], display.at[row, col] = summarize_cell(
             group, metric
         )
@@ -306,13 +375,22 @@ def build_table(cells: pd.DataFrame, key: str, metric: str = DEFAULT_METRIC) -> 
         paper=paper,
         delta=delta,
         sources=sources,
+        seeds=_seed_values(entries, metric),
+        default=default_setting(cells, key) if key in ("groups", "group_size") else None,
     )
 
 
+def _seed_values(entries: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The finished seeds' values: index seed, columns (row, col)."""
+    done = entries[(entries["status"] == "finished") & entries[metric].notna()]
+    done = done[done["seed"].notna()]
+    return done.pivot_table(index="seed", columns=["row", "col"], values=metric, aggfunc="mean")
+
+
 def build_tables(cells: pd.DataFrame, metric: str = DEFAULT_METRIC) -> list[Table]:
-    """All tables that fit a sweep (see infer_layouts)."""
+    """All tables that fit a sweep, each from its own cells (see layout_cells)."""
     check_metric(metric)
-    return [build_table(cells, key, metric) for key in infer_layouts(cells)]
+    return [build_table(part, key, metric) for key, part in layout_cells(cells).items()]
 
 
 def format_number_frame(frame: pd.DataFrame, signed_rows: Iterable[str] = ()) -> pd.DataFrame:
