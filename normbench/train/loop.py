@@ -34,8 +34,8 @@ from normbench.data import build_datasets
 from normbench.errors import UserError
 from normbench.logs import EpochProgress
 from normbench.models import build_model
-    DEFAULT_EVAL_STATS,
 from normbench.norms import (
+    DEFAULT_EVAL_STATS,
     alt_running_stats,
     get_norm_spec,
     load_alt_running_stats,
