@@ -188,8 +188,10 @@ class Config:
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
     log_every_steps: int = 50
     out_dir: str = "runs"
-    # What the report's tables show: val_error_median5 (the paper's authors' choice), _final or
-    # _best. A run of 5 epochs or fewer should say _final: its "last 5" would be all its epochs.
+    # What the report's tables show, one of normbench.metrics' val errors (also what a report
+    # shows when its cells name none): the median of the last 5 epochs, the paper's authors'
+    # choice. A run of 5 epochs or fewer should say val_error_final: its "last 5" would be all
+    # its epochs.
     metric: str = "val_error_median5"
     rerun: bool = False
     progress: bool = True

@@ -20,8 +20,7 @@ from fixtures_report import (
 )
 
 from normbench.errors import UserError
-from normbench.report import build_report, collect_runs, format_report, median_last, write_atomic
-from normbench.report.collect import errors_from_history
+from normbench.report import build_report, collect_runs, format_report, write_atomic
 from normbench.report.committed import load_reference, read_cells_csv
 from normbench.report.paper import PAPER_TABLES, load_paper_table
 from normbench.report.plots import plot_sweep
@@ -58,22 +57,6 @@ def batch_report(batch_sweep: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 # ----------------------------------------------------------------------------- collect
-
-
-def test_median_last_takes_the_median_of_the_last_values() -> None:
-    assert median_last([50.0, 40.0, 30.0, 20.0, 10.0, 35.0]) == 30.0
-    assert median_last([50.0, 40.0, 30.0, 20.0, 10.0, 35.0], n=2) == 22.5
-    assert median_last([3.0, float("nan"), 1.0]) == 2.0  # missing epochs are skipped
-    assert math.isnan(median_last([]))
-
-
-def test_errors_from_history() -> None:
-    history = pd.DataFrame({"epoch": range(1, 7), "val_error": [30, 12, 11, 10, 9, 9.5]})
-    assert errors_from_history(history) == {
-        "val_error_final": 9.5,
-        "val_error_best": 9.0,
-        "val_error_median5": 10.0,
-    }
 
 
 def test_collect_reads_every_cell_and_its_status(batch_sweep: Path) -> None:

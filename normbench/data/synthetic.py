@@ -31,7 +31,6 @@ from normbench.data.memory import sample_hash
 NUM_CLASSES = 10
 _FAMILIES = ("horizontal", "30deg", "60deg", "vertical", "isotropic")
 _FAMILY_ANGLES = (0.0, math.pi / 6, math.pi / 3, math.pi / 2, None)  # +-angle; None: all
-CLASS_NAMES = tuple(f"{family}-{band}" for band in ("low", "high") for family in _FAMILIES)
 _CHUNK = 1000  # images per independently seeded chunk (a multiple of NUM_CLASSES)
 _SPLIT_IDS = {"train": 1, "val": 2}
 

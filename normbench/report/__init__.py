@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from normbench.report import diagnostics, stats
-from normbench.report.collect import collect_runs, median_last, read_history
+from normbench.report.collect import collect_runs, read_history
 from normbench.report.committed import REFERENCE_DIR, Reference, load_reference, read_sweep
 from normbench.report.plots import figure_png, plot_sweep, plot_training_curves
 from normbench.report.tables import (
@@ -46,7 +46,6 @@ __all__ = [
     "build_report",
     "collect_runs",
     "format_report",
-    "median_last",
     "write_atomic",
 ]
 

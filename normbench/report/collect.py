@@ -12,7 +12,6 @@ labels a cell that has no record.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,11 +21,12 @@ import pandas as pd
 import yaml
 
 from normbench.errors import UserError
+from normbench.metrics import NAMES, val_error_metrics
 from normbench.track.environment import JOB, JOB_CELL
 
 CELL_FILES = ("metrics.json", "config.yaml", "history.csv")
 STATUSES = ("finished", "diverged", "failed", "unfinished")
-ERROR_FIELDS = ("val_error_final", "val_error_best", "val_error_median5")
+ERROR_FIELDS = NAMES  # the val errors of normbench.metrics
 # The BN diagnostics (normbench.train.diagnostics): final weights, four evaluation modes.
 DIAGNOSTIC_FIELDS = (
     "val_error_ema_average", "val_error_ema_first", "val_error_precise", "val_error_batch",
@@ -52,24 +52,6 @@ FLOAT_COLUMNS = [
     "lr", *ERROR_FIELDS, "train_error_final", "wall_time_s", "images_per_s", "peak_mem_mb",
     *DIAGNOSTIC_FIELDS,
 ]  # fmt: skip
-
-
-def median_last(values: Iterable[float], n: int = 5) -> float:
-    """Median of the last ``n`` non-missing values (the paper's "median of the last 5 epochs")."""
-    series = pd.Series(list(values), dtype=float).dropna()
-    return float(series.iloc[-n:].median()) if len(series) else math.nan
-
-
-def errors_from_history(history: pd.DataFrame) -> dict[str, float]:
-    """Final, best and median-of-last-5 validation error computed from a history table."""
-    val = pd.Series(history["val_error"], dtype=float).dropna()
-    if val.empty:
-        return dict.fromkeys(ERROR_FIELDS, math.nan)
-    return {
-        "val_error_final": float(val.iloc[-1]),
-        "val_error_best": float(val.min()),
-        "val_error_median5": median_last(val, 5),
-    }
 
 
 def read_history(cell_dir: Path) -> pd.DataFrame | None:
@@ -173,7 +155,7 @@ def read_cell(cell_dir: Path) -> dict[str, Any]:
     missing = [f for f in ERROR_FIELDS if record[f] is None]
     # The stored fields are what we report; history only fills a field an older run lacks.
     if record["status"] == "finished" and missing and history is not None:
-        computed = errors_from_history(history)
+        computed = val_error_metrics(history["val_error"])
         record.update({field: computed[field] for field in missing})
     record["cell"] = record["cell"] or cell_dir.name  # a label only: no record says the name
     record["path"] = str(cell_dir)

@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from normbench.config import Config
 from normbench.errors import UserError
+from normbench.metrics import LABELS
 from normbench.report.paper import load_paper_table, paper_sources
 
-DEFAULT_METRIC = "val_error_median5"
-METRICS: dict[str, str] = {
-    "val_error_median5": "val error, median of the last 5 epochs",
-    "val_error_final": "val error at the last epoch",
-    "val_error_best": "best val error over epochs",
-}
+# The metrics a table may show, by name, with their labels (normbench.metrics); the one shown
+# when the cells' configs name none or several: the config's default.
+METRICS = LABELS
+DEFAULT_METRIC = Config.metric
 # The paper's Table 2 difference row is GN minus BN (0.5 at 32 images/GPU, -10.6 at 2).
 DIFF_ROW = "GN - BN"
 # The paper's Table 1 difference row: each norm minus BN.

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from normbench.config import WANDB_MODES
 from normbench.errors import UserError
+from normbench.metrics import VAL_ERRORS
 from normbench.track import rundir
 from normbench.track.cell import Cell
 
@@ -45,8 +46,6 @@ DEFAULT_API_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
 EPOCH_METRICS = "epoch/*"
 # Overrides a run's name already shows through the norm label and the batch.
 NAMED_KEYS = frozenset({"norm", "batch", "model.ws"})
-# Lower is better for every error the summary holds.
-MIN_SUMMARY_METRICS = ("val_error_median5", "val_error_final", "val_error_best")
 
 
 class WandbTracker:
@@ -97,8 +96,8 @@ def open_wandb_tracker(
         return None
     run.define_metric("epoch")
     run.define_metric(EPOCH_METRICS, step_metric="epoch")
-    for key in MIN_SUMMARY_METRICS:
-        run.define_metric(key, summary="min")
+    for metric in VAL_ERRORS:  # the summary keeps each metric's best value
+        run.define_metric(metric.name, summary="min" if metric.lower_is_better else "max")
     return WandbTracker(run)
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import resource
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from normbench.config import (
 from normbench.data import build_datasets
 from normbench.errors import UserError
 from normbench.logs import EpochProgress
+from normbench.metrics import val_error_metrics
 from normbench.models import build_model
 from normbench.norms import (
     DEFAULT_EVAL_STATS,
@@ -170,12 +169,10 @@ def evaluate(model: nn.Module, loader, cfg: Config, env: DistEnv) -> tuple[float
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, float]:
-    """The paper reports the median val error of the last 5 epochs; final and best beside it."""
-    errors = [row["val_error"] for row in history]
+    """The cell's metrics from its per-epoch history: the val errors' (normbench.metrics), and
+    the last epoch's train error."""
     return {
-        "val_error_final": errors[-1],
-        "val_error_best": min(errors),
-        "val_error_median5": statistics.median(errors[-5:]),
+        **val_error_metrics(row["val_error"] for row in history),
         "train_error_final": history[-1]["train_error"],
     }
 
@@ -478,10 +475,6 @@ class Trainer:
             "diagnostics_images": steps * total_batch(cfg),
             "diagnostics_time_s": seconds,
         }
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def run_worker(run_dir: str | Path) -> None:
