@@ -5,7 +5,7 @@ The schema is registered in Hydra's ConfigStore as ``base_config``, the first en
 configs/config.yaml's defaults list, so a misspelt key or a value of the wrong type is rejected
 by Hydra before any work starts. Every default lives in one place: a value that is the same
 whatever model, norm or dataset is chosen is the schema's (here); what an option of a config
-group changes is that option's file (configs/model/resnet8.yaml: the model's name);
+group changes is that option's file (configs/model/resnet8.yaml: the model's name and width);
 config.yaml itself only selects the groups; an option whose default a norm layer or a model
 states (its constructor: the one source, shown by `normbench norms`) is None, that default. Each
 list of allowed values below is the one definition of its choices. Checks that need more than
