@@ -87,6 +87,10 @@ class NormConfig:
 @dataclass
 class DatasetConfig:
     name: str = MISSING
+    # The dataset's folder: read from, and downloaded into. None: <data root>/<name>, the data
+    # root being $NORMBENCH_DATA, else ~/.cache/normbench/data ($XDG_CACHE_HOME honoured);
+    # normbench.data.dataset_dir is this rule. Fashion-MNIST is also read from the Debian
+    # package's folder, /usr/share/datasets/fashion-mnist (read only, never written).
     root: str | None = None
     image_size: int | None = None  # None: the dataset's own (synthetic images have none)
     # A seeded subset of the split, set by the mini datasets' files; None: every image (the
@@ -94,7 +98,10 @@ class DatasetConfig:
     train_size: int | None = None
     val_size: int | None = None
     augment: bool = True
-    download: bool = False
+    # Fetch files not found locally (Fashion-MNIST, CIFAR; torchvision's mirrors and md5 sums),
+    # as torchvision users expect; false for offline clusters: a missing dataset is then one
+    # line saying where it was looked for (the default Fashion-MNIST: synthetic data instead).
+    download: bool = True
     bad_images: str = "fail"  # BAD_IMAGE_POLICIES: fail, or skip (and count) unreadable images
     workers: int = 0  # DataLoader worker processes per rank
     # The paper's extra ImageNet train augmentation (fb.resnet.torch), 0 = off; imagenet only,

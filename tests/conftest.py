@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,22 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = N
         [sys.executable, "-m", "normbench", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
     )  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_internet() -> Iterator[None]:
+    """No test reaches the internet, in this process or the CLI's: a download (Fashion-MNIST's,
+    tried by default where its files are missing) goes through a proxy that is a bound port
+    nobody listens on, so it is refused at once instead of hanging; 127.0.0.1 stays direct
+    for tests/test_download.py's local mirror."""
+    with socket.socket() as closed, pytest.MonkeyPatch.context() as patch:
+        closed.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+            patch.setenv(name, proxy)
+        for name in ("no_proxy", "NO_PROXY"):
+            patch.setenv(name, "127.0.0.1,localhost")
+        yield
 
 
 @pytest.fixture

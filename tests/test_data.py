@@ -17,7 +17,15 @@ import torchvision.datasets.cifar
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from normbench.data import build_datasets, cifar, fashion_mnist, imagenet, list_datasets, synthetic
+from normbench.data import (
+    build_datasets,
+    cifar,
+    dataset_dir,
+    fashion_mnist,
+    imagenet,
+    list_datasets,
+    synthetic,
+)
 from normbench.data.memory import InMemoryImageDataset, collate
 from normbench.errors import UserError
 
@@ -156,31 +164,28 @@ def _write_fashion(folder: Path, *, gz: bool, n_train: int = 6, n_val: int = 4) 
 
 
 @pytest.mark.parametrize("gz", [True, False])
-def test_fashion_mnist_reads_idx_files(tmp_path, monkeypatch, gz):
-    monkeypatch.delenv("NORMBENCH_DATA", raising=False)
+def test_fashion_mnist_reads_idx_files(tmp_path, gz):
     _write_fashion(tmp_path, gz=gz)
-    (train_x, train_y), (val_x, val_y) = fashion_mnist.load(str(tmp_path))
+    (train_x, train_y), (val_x, val_y) = fashion_mnist.load(tmp_path)
     assert train_x.shape == (6, 1, 28, 28) and train_x.dtype == torch.uint8
     assert val_x.shape == (4, 1, 28, 28)
     assert train_y.tolist() == list(range(6)) and val_y.tolist() == list(range(4))
 
 
-def test_fashion_mnist_rejects_a_corrupt_file(tmp_path, monkeypatch):
-    monkeypatch.delenv("NORMBENCH_DATA", raising=False)
+def test_fashion_mnist_rejects_a_corrupt_file(tmp_path):
     _write_fashion(tmp_path, gz=False)
     bad = tmp_path / "train-images-idx3-ubyte"
     bad.write_bytes(bad.read_bytes()[:-5])  # truncated
     with pytest.raises(UserError, match=re.escape(str(bad))):
-        fashion_mnist.load(str(tmp_path))
+        fashion_mnist.load(tmp_path)
 
 
 def test_fashion_mnist_missing_lists_where_it_looked(tmp_path, monkeypatch):
-    monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path / "env"))
     monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", str(tmp_path / "system"))
     with pytest.raises(UserError) as err:
         _build("fashion_mnist", str(tmp_path / "given"))
     message = str(err.value)
-    for folder in ("given", "env", "system"):
+    for folder in ("given", "given/FashionMNIST/raw", "system"):
         assert str(tmp_path / folder) in message
     assert "apt-get install dataset-fashion-mnist" in message and "dataset.root" in message
 
@@ -189,7 +194,7 @@ def test_fashion_mnist_missing_lists_where_it_looked(tmp_path, monkeypatch):
     not os.path.isdir(fashion_mnist.SYSTEM_DIR), reason="Debian dataset-fashion-mnist not installed"
 )
 def test_fashion_mnist_reads_the_debian_files():
-    (train_x, train_y), (val_x, val_y) = fashion_mnist.load(fashion_mnist.SYSTEM_DIR)
+    (train_x, train_y), (val_x, val_y) = fashion_mnist.load(Path(fashion_mnist.SYSTEM_DIR))
     assert train_x.shape == (60000, 1, 28, 28) and val_x.shape == (10000, 1, 28, 28)
     assert torch.bincount(train_y).tolist() == [6000] * 10
     assert torch.bincount(val_y).tolist() == [1000] * 10
@@ -435,18 +440,58 @@ def test_skipped_images_are_counted_once_over_workers_and_ranks_and_reported(tmp
 
 
 def test_the_default_real_images_fall_back_to_synthetic_in_one_line(tmp_path, monkeypatch, capsys):
+    """Offline (dataset.download=false) and without the files: one line saying where it looked
+    and how to fix it, then synthetic data. The download's own fallback: tests/test_download.py."""
     from normbench.hydra_app import with_available_dataset
 
-    monkeypatch.delenv("NORMBENCH_DATA", raising=False)
+    monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path / "data"))
     monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", str(tmp_path / "system"))
-    monkeypatch.setattr(fashion_mnist, "CACHE_DIR", tmp_path / "cache")
-    args = ["norm=bn,gn", "batch=4"]
+    args = ["norm=bn,gn", "batch=4", "dataset.download=false"]
     assert with_available_dataset(args) == [*args, "dataset=synthetic"]
     said = capsys.readouterr().err.strip().splitlines()
-    assert len(said) == 1 and "Fashion-MNIST not found" in said[0] and "synthetic" in said[0]
+    assert len(said) == 1 and "Fashion-MNIST not found" in said[0], said
+    assert (
+        "dataset.download=false" in said[0] and str(tmp_path / "data" / "fashion_mnist") in said[0]
+    )
+    assert "machinery only" in said[0]
     # A dataset the command names is never replaced, nor is one found where it is looked for.
     assert with_available_dataset(["dataset=fashion_mnist"]) == ["dataset=fashion_mnist"]
-    _write_fashion(tmp_path / "data", gz=True)
-    monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path / "data"))
+    _write_fashion(tmp_path / "data" / "fashion_mnist", gz=True)
     assert with_available_dataset(args) == args
     assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- where the files are
+
+
+def test_one_rule_places_every_dataset(tmp_path, monkeypatch):
+    """dataset.root, else <data root>/<name>: $NORMBENCH_DATA, else the user's cache."""
+    monkeypatch.delenv("NORMBENCH_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert dataset_dir("cifar10", None) == tmp_path / "cache" / "normbench" / "data" / "cifar10"
+    monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path / "data"))
+    assert dataset_dir("imagenet", None) == tmp_path / "data" / "imagenet"
+    assert dataset_dir("imagenet", str(tmp_path / "mine")) == tmp_path / "mine"
+
+
+def test_every_dataset_is_read_from_its_folder_in_the_data_root(
+    tmp_path, monkeypatch, no_cifar_checksums
+):
+    monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path))
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", str(tmp_path / "system"))
+    _write_fashion(tmp_path / "fashion_mnist", gz=True)
+    _write_cifar(tmp_path / "cifar10", "cifar10")
+    _write_image_folder(tmp_path / "imagenet")
+    sizes = {
+        name: len(_build(name, None).train) for name in ("fashion_mnist", "cifar10", "imagenet")
+    }
+    assert sizes == {"fashion_mnist": 6, "cifar10": 15, "imagenet": 12}
+
+
+@pytest.mark.parametrize("dataset", sorted(ALL_DATASETS))
+def test_no_config_file_places_a_dataset(dataset):
+    """The rule above is the only one: no dataset's config file sets a root of its own."""
+    from normbench.config import as_config
+    from normbench.hydra_app import compose
+
+    assert as_config(compose([f"dataset={dataset}"])).dataset.root is None

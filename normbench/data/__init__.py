@@ -4,6 +4,11 @@ Every builder returns a :class:`DatasetBundle` whose items are (normalized float
 int label). In-memory datasets also fetch whole batches through ``__getitems__``; pass the
 bundle's ``collate_fn`` to the DataLoader so those batches go through unchanged. Train datasets
 have ``set_epoch(epoch)``: augmentation is a function of (seed, epoch, sample index).
+
+Where files are: one rule for every dataset, :func:`dataset_dir`: dataset.root when given, else
+<data root>/<dataset name>, the data root being $NORMBENCH_DATA, else the user's cache
+(:func:`data_root`). Downloads go there too. Fashion-MNIST also reads the Debian package's
+folder (see :mod:`normbench.data.fashion_mnist`).
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ def _build_synthetic(req: _Request) -> DatasetBundle:
 def _build_fashion_mnist(req: _Request) -> DatasetBundle:
     from normbench.data import fashion_mnist
 
-    (train_x, train_y), (val_x, val_y) = fashion_mnist.load(req.root)
+    (train_x, train_y), (val_x, val_y) = fashion_mnist.load(dataset_dir("fashion_mnist", req.root))
     size = req.image_size or fashion_mnist.IMAGE_SIZE
     train_x, val_x = fashion_mnist.fit_size(train_x, size), fashion_mnist.fit_size(val_x, size)
     pad = max(1, round(size / 14))  # 2 pixels at 28 x 28
@@ -81,7 +86,7 @@ def _cifar_builder(variant: str) -> Callable[[_Request], DatasetBundle]:
     def build(req: _Request) -> DatasetBundle:
         from normbench.data import cifar
 
-        root = req.root or default_root()
+        root = dataset_dir(variant, req.root)
         (train_x, train_y), (val_x, val_y) = cifar.load(variant, root, download=req.download)
         size = req.image_size or cifar.IMAGE_SIZE
         train_x, val_x = cifar.resize_uint8(train_x, size), cifar.resize_uint8(val_x, size)
@@ -96,7 +101,7 @@ def _cifar_builder(variant: str) -> Callable[[_Request], DatasetBundle]:
 def _build_imagenet(req: _Request) -> DatasetBundle:
     from normbench.data import imagenet
 
-    root = req.root or os.path.join(default_root(), "imagenet")
+    root = dataset_dir("imagenet", req.root)
     size = req.image_size or imagenet.IMAGE_SIZE
     train, val = imagenet.build(
         root, size, seed=req.seed, augment=req.augment, bad_images=req.bad_images,
@@ -113,7 +118,7 @@ _BUILDERS: dict[str, tuple[Callable[[_Request], DatasetBundle], str]] = {
     ),
     "fashion_mnist": (
         _build_fashion_mnist,
-        "Fashion-MNIST, 10 classes, 28x28 grey, 60k/10k (IDX files; Debian dataset-fashion-mnist)",
+        "Fashion-MNIST, 10 classes, 28x28 grey, 60k/10k (IDX files; downloaded, or Debian's)",
     ),
     "cifar10": (
         _cifar_builder("cifar10"),
@@ -135,9 +140,19 @@ def list_datasets() -> list[tuple[str, str]]:
     return sorted((name, desc) for name, (_, desc) in _BUILDERS.items())
 
 
-def default_root() -> str:
-    """Where datasets are looked for when no root is given: $NORMBENCH_DATA or ~/.cache."""
-    return os.environ.get("NORMBENCH_DATA") or str(Path.home() / ".cache" / "normbench" / "data")
+def data_root() -> Path:
+    """The folder that holds a folder per dataset when dataset.root is not given:
+    $NORMBENCH_DATA, else normbench/data in the user's cache ($XDG_CACHE_HOME, else ~/.cache)."""
+    if os.environ.get("NORMBENCH_DATA"):
+        return Path(os.environ["NORMBENCH_DATA"])
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "normbench" / "data"
+
+
+def dataset_dir(name: str, root: str | None) -> Path:
+    """Where dataset ``name``'s files are read from and downloaded to: ``root`` (dataset.root)
+    when given, else :func:`data_root`/``name``."""
+    return Path(root) if root else data_root() / name
 
 
 def build_datasets(
@@ -160,9 +175,10 @@ def build_datasets(
     ``root``: where the files are (None: the dataset's default places). ``seed`` fixes synthetic
     data, subsets and augmentation. ``image_size``/``train_size``/``val_size``: None keeps the
     dataset's own (synthetic data have none: it needs all three, see :func:`check_sizes`).
-    ``download``: fetch missing CIFAR files. ``bad_images``: what ImageFolder data does with
-    unreadable files, one of BAD_IMAGE_POLICIES. ``color_jitter``/``lighting``: the paper's
-    extra ImageNet train augmentation, 0 = off (see :func:`check_augment_options`).
+    ``download``: fetch missing CIFAR files (Fashion-MNIST's are fetched by
+    :func:`check_dataset`, before any worker starts). ``bad_images``: what ImageFolder data
+    does with unreadable files, one of BAD_IMAGE_POLICIES. ``color_jitter``/``lighting``: the
+    paper's extra ImageNet train augmentation, 0 = off (see :func:`check_augment_options`).
     ``skipped_file``: where ImageFolder data records each unreadable file it skips (a run's
     total over workers and ranks: its distinct lines).
     """
@@ -217,35 +233,28 @@ def check_augment_options(name: str, color_jitter: float, lighting: float) -> No
             )
 
 
-def check_dataset(name: str, root: str | None, *, download: bool = False) -> None:
+def check_dataset(name: str, root: str | None, *, download: bool) -> None:
     """Cheap checks of a dataset's files, made before anything is written; raises UserError.
 
-    A given root must be a folder (unless CIFAR is to be downloaded there). ImageFolder data
-    (imagenet) must have ``train/`` and ``val/`` with the same non-empty class folders. Only
-    folders are listed: reading the images is left to :func:`build_datasets`. Fashion-MNIST's
-    files are looked for in all its places (and downloaded with ``download``); CIFAR without a
-    root is checked when built.
+    A given root must be a folder, as must ImageNet's default one. ImageFolder data (imagenet)
+    must have ``train/`` and ``val/`` with the same non-empty class folders (only folders are
+    listed: reading the images is left to :func:`build_datasets`). Fashion-MNIST's files must
+    be found, or with ``download`` downloaded (so here, in the parent, not by every rank). CIFAR's
+    are checked, and downloaded, when built.
     """
     if name not in _BUILDERS:
         raise UserError(f"unknown dataset '{name}' (allowed: {', '.join(sorted(_BUILDERS))})")
     if name == "synthetic":
         return
-    if root is None and name not in ("imagenet", "fashion_mnist"):
-        return
-    folder = Path(root or os.path.join(default_root(), "imagenet"))
-    # A folder to download into may not exist yet; every other given folder must.
-    named = root is not None or name == "imagenet"
-    if named and not folder.is_dir() and not (download and name != "imagenet"):
+    folder = dataset_dir(name, root)
+    if (root is not None or name == "imagenet") and not folder.is_dir():
         what = "does not exist" if not folder.exists() else "is not a folder"
         raise UserError(f"dataset.root={folder} {what} (the {name} files are looked for there)")
     if name == "fashion_mnist":
         from normbench.data import fashion_mnist
 
-        if download and not fashion_mnist.available(root):
-            fashion_mnist.download(root)
-        fashion_mnist.find_files(root)  # the places it looked, in one line, if still missing
-        return
-    if name == "imagenet":
+        fashion_mnist.prepare(folder, download=download)
+    elif name == "imagenet":
         from normbench.data import imagenet
 
         imagenet.check_folders(folder)
@@ -288,6 +297,7 @@ __all__ = [
     "check_augment_options",
     "check_dataset",
     "check_sizes",
-    "default_root",
+    "data_root",
+    "dataset_dir",
     "list_datasets",
 ]
