@@ -316,8 +316,8 @@ def display_frame(claims: Sequence[Paired]) -> pd.DataFrame:
 def penalty_lines(claims: Sequence[Paired]) -> list[str]:
     """One line per penalty claim, for the head of the report."""
     return [
-        f"{PENALTY_CLAIM}, {p.difference}, paired by seed: {mean_text(p)} ({_spread_text(p)}): "
-        f"{p.verdict}"
+        f"{PENALTY_CLAIM}, {p.difference}, paired by seed: {mean_text(p)} ({_spread_text(p)})"
+        + ("" if p.n == 1 else f": {p.verdict}")  # one seed: the spread already says so
         for p in claims
         if p.claim == PENALTY_CLAIM and p.n > 0
     ]
