@@ -17,9 +17,14 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from normbench.errors import UserError
 from normbench.track.environment import COMMAND_ENV
+from normbench.track.rundir import CONFIG, RunDir, Status, ensure_writable
+
+if TYPE_CHECKING:
+    from normbench.job import Outcome
 
 USAGE = __doc__.split("\n\n", 1)[1].rstrip()
 # `train`/`prepare` on a cell another process is running: not success (EX_TEMPFAIL).
@@ -27,57 +32,61 @@ BUSY_EXIT_CODE = 75
 log = logging.getLogger("normbench")
 
 
-def _one_cell(command: str, args: list[str], *, start: bool) -> tuple[str, Path]:
-    """Run (or prepare) the one cell `args` name: its status and run directory."""
+def _one_cell(command: str, args: list[str], *, start: bool) -> tuple[Outcome, RunDir]:
+    """Run (or prepare) the one cell `args` name: what came of it, and its run directory."""
     from normbench.config import as_config
     from normbench.hydra_app import compose, with_available_dataset
-    from normbench.job import cell_dir, run_cell
+    from normbench.job import run_cell
+    from normbench.track.cell import Cell
 
     if any("," in a.split("=", 1)[-1] and not a.split("=", 1)[-1].startswith("[") for a in args):
         raise UserError(
             f"{command} takes one cell; comma-separated values sweep: use `normbench sweep`"
         )
     args = with_available_dataset(args)
-    cfg = compose(args)
-    return run_cell(cfg, args, start=start), cell_dir(as_config(cfg), args)
+    config = as_config(compose(args))
+    cell = Cell.of(config, args)  # the job's one cell
+    return run_cell(config, cell, start=start), RunDir(cell.directory(config.out_dir))
 
 
-def _busy(run_dir: Path, what: str) -> int:
+def _busy(run: RunDir, what: str) -> int:
     from normbench.job import busy_message
 
-    print(f"normbench: {run_dir} {what}: {busy_message(run_dir)}", file=sys.stderr)
+    print(f"normbench: {run.path} {what}: {busy_message(run)}", file=sys.stderr)
     return BUSY_EXIT_CODE
 
 
 def _cmd_train(args: list[str]) -> int:
-    from normbench.track import rundir
+    from normbench.job import Decision
 
-    status, run_dir = _one_cell("train", args, start=True)
-    if status == "busy":
-        return _busy(run_dir, "not trained")
-    metrics = rundir.read_json(run_dir / rundir.METRICS) or {}
+    outcome, run = _one_cell("train", args, start=True)
+    if outcome.decision is Decision.BUSY:
+        return _busy(run, "not trained")
+    metrics = run.read_metrics() or {}
     if metrics.get("val_error_median5") is not None:
         print(
             f"val top-1 error: {metrics['val_error_median5']:.2f}% (median of last 5 epochs; "
             f"final {metrics['val_error_final']:.2f}%, best {metrics['val_error_best']:.2f}%)"
         )
-    elif status.endswith("diverged"):
+    elif outcome.status is Status.DIVERGED:
         print(f"diverged: {metrics.get('error')}")
-    print(f"run directory: {run_dir}")
-    return 1 if status == "failed" else 0
+    print(f"run directory: {run.path}")
+    return 1 if outcome.status is Status.FAILED else 0
 
 
 def _cmd_prepare(args: list[str]) -> int:
-    status, run_dir = _one_cell("prepare", args, start=False)
-    if status == "busy":
-        return _busy(run_dir, "not prepared")
-    if status.startswith("skipped-"):
-        print(f"{run_dir} is already {status.removeprefix('skipped-')} (rerun=true prepares it "
+    from normbench.job import Decision
+
+    outcome, run = _one_cell("prepare", args, start=False)
+    if outcome.decision is Decision.BUSY:
+        return _busy(run, "not prepared")
+    if outcome.decision is Decision.SKIPPED:
+        print(f"{run.path} is already {outcome.status} (rerun=true prepares it "
               "again, archiving the result)")  # fmt: skip
         return 0
-    print(f"prepared: {run_dir}")
+    print(f"prepared: {run.path}")
     print(f"start its workers on every node: torchrun --nproc-per-node <processes per node> "
-          f"... -m normbench worker {run_dir}")  # fmt: skip
+          f"... -m normbench worker {run.path}")  # fmt: skip
     return 0
 
 
@@ -86,27 +95,26 @@ def _cmd_sweep(args: list[str]) -> int:
     from normbench.hydra_app import expand_sweep, multirun, with_available_dataset
     from normbench.logs import SWEEP_KEYS_ENV
     from normbench.report import build_report, format_report
-    from normbench.track import rundir
 
     args = with_available_dataset(args)
     planned = sweep.plan(expand_sweep(args))
     folders = sweep.folders(planned)  # one per experiment: model=a,b sweeps two
     for folder in folders:
-        rundir.ensure_writable(folder)  # before Hydra, whose own error is a traceback
+        ensure_writable(folder)  # before Hydra, whose own error is a traceback
     print(f"sweep: {len(planned)} cells into {', '.join(map(str, folders))}", flush=True)
     os.environ[SWEEP_KEYS_ENV] = ",".join(sweep.swept_keys(planned))  # the cells' line labels
     with sweep.Watch(planned) as watch:
         multirun(sweep.costliest_first(planned) or args, total=len(planned))
     written = []
     for folder in folders:
-        config = next(c.config for c in planned if c.run_dir.parent == folder)
+        config = next(c.config for c in planned if c.run_dir.path.parent == folder)
         report = build_report(folder, metric=config.metric)
         print(format_report(report))
         if config.logger.kind == "wandb":
             _log_report_to_wandb(report, config)
         written += [p for p in report.paths if p.name == "report.md"]
     print("\n".join(watch.summary(written)))
-    return 1 if "failed" in watch.states() else 0
+    return 1 if Status.FAILED in watch.states() else 0
 
 
 def _log_report_to_wandb(report, config) -> None:
@@ -182,8 +190,8 @@ def _cmd_datasets(args: list[str]) -> int:
 def _cmd_worker(args: list[str]) -> int:
     from normbench.train.loop import run_worker
 
-    if len(args) != 1 or not (Path(args[0]) / "config.yaml").exists():
-        raise UserError("usage: normbench worker <run_dir> (a directory holding config.yaml)")
+    if len(args) != 1 or not RunDir(Path(args[0])).config.exists():
+        raise UserError(f"usage: normbench worker <run_dir> (a directory holding {CONFIG})")
     run_worker(args[0])
     return 0
 

@@ -31,8 +31,7 @@ from normbench.config import as_config, parallel_cells, register_configs
 from normbench.errors import UserError
 from normbench.logs import SWEEP_ENV
 from normbench.slurm import resource
-from normbench.track.cell import Cell
-from normbench.track.rundir import cell_name
+from normbench.track.cell import Cell, cell_name
 
 CONFIG_MODULE = "normbench.configs"
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
@@ -133,9 +132,10 @@ def _hydra_job(cfg: DictConfig) -> str:
 
     overrides = list(HydraConfig.get().overrides.task)
     config = as_config(cfg)
-    log = setup_logging(cell=cell_label(Cell.of(config, overrides)))  # cells share a console
+    cell = Cell.of(config, overrides)  # the job's one cell: its label, directory and record
+    log = setup_logging(cell=cell_label(cell))  # cells share a console
     log.info("cell %d/%s", HydraConfig.get().job.num + 1, os.environ.get(SWEEP_ENV, "?"))
-    return run_cell(config, overrides)
+    return run_cell(config, cell)
 
 
 def multirun(overrides: list[str], total: int) -> None:

@@ -1,35 +1,52 @@
 """One cell as a job: the unit Hydra launches (in this process, a subprocess or a SLURM job).
 
-The job resolves the config once, computes the cell (:class:`~normbench.track.cell.Cell`), decides
-whether the cell has to run at all (a finished cell is skipped, an unfinished one resumes), takes
-the cell's lock so two sweeps never run it at once, writes config.yaml and job.json (the command
-and the cell), and starts the workers, which read those files and never run Hydra.
+The caller composes the config and the cell (:class:`~normbench.track.cell.Cell`) once and hands
+both to :func:`run_cell`, which decides whether the cell has to run at all (a finished cell is
+skipped, an unfinished one resumes), claims its run directory
+(:class:`~normbench.track.rundir.RunDir`) so two sweeps never run it at once, writes job.json
+(the command and the cell) and config.yaml, and starts the workers, which read those files and
+never run Hydra.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from enum import Enum
 
-from filelock import FileLock, Timeout
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from normbench.checks import validate
-from normbench.config import Config, as_config, resolve_devices
+from normbench.config import Config, resolve_devices
 from normbench.errors import UserError
-from normbench.track import rundir
 from normbench.track.cell import Cell
-from normbench.track.environment import write_job
+from normbench.track.environment import command_line
+from normbench.track.rundir import Claim, RunDir, Status
 
 log = logging.getLogger("normbench")
 
 
-def cell_dir(cfg: Config, overrides: list[str]) -> Path:
-    return Cell.of(cfg, overrides).directory(cfg.out_dir)
+class Decision(Enum):
+    """What a job did with its cell."""
+
+    RAN = "ran"  # started the workers (a resumed cell too): the status says how it went
+    SKIPPED = "skipped"  # the cell had a result already (rerun=false): nothing was done
+    BUSY = "busy"  # another process holds the cell: nothing was done
+    PREPARED = "prepared"  # start=False: the directory is ready for workers started by hand
 
 
-def check_reusable(run_dir: Path, config: Config) -> None:
+@dataclass(frozen=True)
+class Outcome:
+    """What came of a job: what it did, and the cell's status then."""
+
+    decision: Decision
+    status: Status = Status.UNFINISHED
+
+
+def check_reusable(run: RunDir, config: Config) -> None:
     """Refuse to skip or resume a cell whose directory holds a run of another config.
 
     Without this, a changed default or an override that does not name the cell (say a new
@@ -37,17 +54,17 @@ def check_reusable(run_dir: Path, config: Config) -> None:
     """
     if config.rerun:
         return
-    changes = rundir.config_changes(run_dir, OmegaConf.to_container(OmegaConf.structured(config)))
+    changes = run.config_changes(OmegaConf.to_container(OmegaConf.structured(config)))
     if changes:
         shown = "; ".join(changes[:3]) + (f"; {len(changes) - 3} more" if len(changes) > 3 else "")
         raise UserError(
-            f"{run_dir} holds a run with another config ({shown}): rerun=true archives it and "
+            f"{run.path} holds a run with another config ({shown}): rerun=true archives it and "
             "recomputes the cell, or choose another out_dir"
         )
 
 
-def busy_message(run_dir: Path) -> str:
-    return f"another process is running this cell ({rundir.lock_holder(run_dir)})"
+def busy_message(run: RunDir) -> str:
+    return f"another process is running this cell ({run.holder()})"
 
 
 def _started_as_ranks() -> bool:
@@ -56,81 +73,69 @@ def _started_as_ranks() -> bool:
     return slurm_tasks or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def _record_failure(run_dir: Path, cell: Cell, error: str) -> None:
+def _record_failure(run: RunDir, cell: Cell, error: str) -> None:
     """A failed cell keeps its checkpoint (the next run resumes) and says why it stopped."""
     try:
-        rundir.write_json(
-            run_dir / rundir.METRICS, {"status": "failed", "error": error, **cell.as_dict()}
-        )
+        run.write_metrics({"status": Status.FAILED, "error": error, **cell.as_dict()})
     except OSError as e:  # e.g. the full disk that failed the cell: the log line must do
         log.error("could not record the failure of %s: %s", cell.name, e)
 
 
-def _start_workers(run_dir: Path, cfg: Config) -> None:
+def _start_workers(run: RunDir, cfg: Config) -> None:
     from normbench.train.distributed import launch_workers
     from normbench.train.loop import run_worker
 
     devices = resolve_devices(cfg)
     if devices == 1 or _started_as_ranks() or "RANK" in os.environ:
-        run_worker(run_dir)  # this process is the (only, or this rank's) worker
+        run_worker(run.path)  # this process is the (only, or this rank's) worker
     else:
-        launch_workers(run_worker, str(run_dir), devices, run_id=run_dir.name)
+        launch_workers(run_worker, str(run.path), devices, run_id=run.path.name)
 
 
-def _claim(run_dir: Path, config: Config, cell: Cell) -> tuple[FileLock | None, str]:
-    """Take the cell's lock and prepare its directory for the workers: (the held lock, "run"),
-    or (None, the status to stop with) when another process has the cell or it is done."""
-    rundir.ensure_writable(run_dir)
-    lock = FileLock(str(run_dir / rundir.LOCK))
-    try:
-        lock.acquire(timeout=0)
-        rundir.write_lock_holder(run_dir)
-    except Timeout:
-        # Info, not a warning: a sweep shows it, `train` turns it into its own error line.
-        log.info("skip %s: %s", run_dir, busy_message(run_dir))
-        return None, "busy"
-    try:
-        done = rundir.finished_status(run_dir)  # finished by someone else while we waited?
-        if done and not config.rerun:
-            log.info("skip %s: already %s", run_dir, done)
-            _release(run_dir, lock)
-            return None, f"skipped-{done}"
-        if done:
-            archived = rundir.archive_result(run_dir)
+@contextmanager
+def _claimed(run: RunDir, config: Config, cell: Cell) -> Iterator[Outcome | None]:
+    """Hold the cell for the block, its directory prepared for the workers (yields None), or
+    yield the outcome to stop with: another process holds the cell, or it has a result."""
+    with run.claim() as claim:
+        if claim is Claim.BUSY:
+            # Info, not a warning: a sweep shows it, `train` turns it into its own error line.
+            log.info("skip %s: %s", run.path, busy_message(run))
+            yield Outcome(Decision.BUSY)
+            return
+        result = run.result()  # finished by someone else while we waited?
+        if result and not config.rerun:
+            log.info("skip %s: already %s", run.path, result)
+            yield Outcome(Decision.SKIPPED, result)
+            return
+        if result:
+            archived = run.archive_result()
             log.info("rerun=true: previous result of %s moved to %s", cell.name, archived)
-        for leftover in rundir.remove_temp_files(run_dir):
+        for leftover in run.remove_temp_files():
             log.info("removed %s, left by a write that was interrupted", leftover.name)
-        if not (run_dir / rundir.CHECKPOINT).exists():
-            plain = OmegaConf.to_yaml(OmegaConf.structured(config))
-            rundir.atomic_write_text(run_dir / rundir.CONFIG, plain)
-        write_job(run_dir, cell)
-    except BaseException:
-        _release(run_dir, lock)
-        raise
-    return lock, "run"
+        # job.json first: a directory that holds config.yaml always says which cell it is.
+        run.write_job(cell, command_line())
+        if not run.checkpoint.exists():
+            run.write_config(config)
+        yield None
 
 
-def _release(run_dir: Path, lock: FileLock) -> None:
-    (run_dir / rundir.LOCK_HOLDER).unlink(missing_ok=True)  # before the next holder writes it
-    lock.release()
-
-
-def _train(run_dir: Path, config: Config, cell: Cell, is_main: bool) -> str:
-    """Start the workers on the prepared directory; returns the cell's status."""
+def _train(run: RunDir, config: Config, cell: Cell, is_main: bool) -> Outcome:
+    """Start the workers on the prepared directory."""
     try:
-        _start_workers(run_dir, config)
+        _start_workers(run, config)
     except UserError:
         raise
     except Exception as e:  # the cell failed; the sweep goes on with the next one
         message = f"{type(e).__name__}: {e}".strip().splitlines()[0]
         log.error("cell %s failed: %s", cell.name, message)
         if is_main:
-            _record_failure(run_dir, cell, message)
-        return "failed"
-    return (rundir.read_json(run_dir / rundir.METRICS) or {}).get("status", "failed")
+            _record_failure(run, cell, message)
+        return Outcome(Decision.RAN, Status.FAILED)
+    status = run.status()  # workers that stopped without a record failed
+    return Outcome(Decision.RAN, Status.FAILED if status is Status.UNFINISHED else status)
 
 
-def _run_as_rank(run_dir: Path, config: Config, cell: Cell) -> str:
+def _run_as_rank(run: RunDir, config: Config, cell: Cell) -> Outcome:
     """This process is one rank of the cell. Rank 0 alone claims and prepares the directory
     (archive, config.yaml) while the others wait for its decision on the process group, so no
     rank reads config.yaml before rank 0 has written it, and all stop when rank 0 stops."""
@@ -139,47 +144,43 @@ def _run_as_rank(run_dir: Path, config: Config, cell: Cell) -> str:
     from normbench.train.distributed import close_process, init_process
 
     env = init_process(config)
-    lock, decision, error = None, ["run"], None
-    if env.is_main:
+    with ExitStack() as held:  # rank 0's hold on the cell, released after the process group
         try:
-            lock, decision[0] = _claim(run_dir, config, cell)
-        except Exception as e:  # the other ranks must not wait for a rank 0 that has stopped
-            decision[0], error = "failed", e
-    dist.broadcast_object_list(decision, src=0)
-    try:
-        if error is not None:
-            raise error
-        if decision[0] != "run":
-            return decision[0]
-        return _train(run_dir, config, cell, env.is_main)
-    finally:
-        close_process()
-        if lock is not None:
-            _release(run_dir, lock)
+            stop: list[Outcome | None] = [None]
+            error = None
+            if env.is_main:
+                try:
+                    stop[0] = held.enter_context(_claimed(run, config, cell))
+                except Exception as e:  # the other ranks must not wait for a rank 0 that stopped
+                    stop[0], error = Outcome(Decision.RAN, Status.FAILED), e
+            dist.broadcast_object_list(stop, src=0)
+            if error is not None:
+                raise error
+            if stop[0] is not None:
+                return stop[0]
+            return _train(run, config, cell, env.is_main)
+        finally:
+            close_process()
 
 
-def run_cell(cfg: DictConfig | Config, overrides: list[str], *, start: bool = True) -> str:
-    """Run (or skip, or resume) one cell. Returns its status: finished, diverged, failed, busy,
-    or skipped-<status>. User errors propagate as UserError before anything is written.
+def run_cell(config: Config, cell: Cell, *, start: bool = True) -> Outcome:
+    """Run (or skip, or resume) `cell`, which `config` composes: the caller computes the cell
+    once (:meth:`Cell.of`) and every part of the job uses that one. User errors propagate as
+    UserError before anything is written.
 
     ``start=False`` prepares the cell's directory as for a run (archive on rerun, config.yaml,
-    job.json) and returns "prepared" instead of starting workers: for workers launched by hand
+    job.json) and returns PREPARED instead of starting workers: for workers launched by hand
     (``torchrun ... -m normbench worker <run_dir>``)."""
-    config = as_config(cfg)
     validate(config)
-    cell = Cell.of(config, overrides)
-    run_dir = cell.directory(config.out_dir)
-    check_reusable(run_dir, config)
+    run = RunDir(cell.directory(config.out_dir))
+    check_reusable(run, config)
     if start and _started_as_ranks():
-        return _run_as_rank(run_dir, config, cell)
-    done = rundir.finished_status(run_dir)
-    if done and not config.rerun:
-        log.info("skip %s: already %s (rerun=true recomputes it)", run_dir, done)
-        return f"skipped-{done}"
-    lock, decision = _claim(run_dir, config, cell)
-    if lock is None:
-        return decision
-    try:
-        return _train(run_dir, config, cell, is_main=True) if start else "prepared"
-    finally:
-        _release(run_dir, lock)
+        return _run_as_rank(run, config, cell)
+    result = run.result()
+    if result and not config.rerun:
+        log.info("skip %s: already %s (rerun=true recomputes it)", run.path, result)
+        return Outcome(Decision.SKIPPED, result)
+    with _claimed(run, config, cell) as stop:
+        if stop is not None:
+            return stop
+        return _train(run, config, cell, is_main=True) if start else Outcome(Decision.PREPARED)

@@ -40,8 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from normbench.config import as_config
 from normbench.errors import UserError
-from normbench.job import cell_dir
-from normbench.track import rundir
+from normbench.track.cell import Cell
+from normbench.track.rundir import RunDir
 
 # submitit's preemption signal (its default is SIGUSR2): the one PreemptionGuard checkpoints on.
 # submitit reads it when imported, in this process for sbatch's --signal and in the job (which
@@ -148,10 +148,10 @@ class Launcher(SubmititSlurmLauncher):
                 self.config, list(overrides)
             )
             config = as_config(cell_cfg)
-            run_dir = cell_dir(config, list(overrides))
-            done = rundir.finished_status(run_dir)
+            run = RunDir(Cell.of(config, list(overrides)).directory(config.out_dir))
+            done = run.result()
             if done and not config.rerun:
-                print(f"skip {run_dir}: already {done} (rerun=true recomputes it)", flush=True)
+                print(f"skip {run.path}: already {done} (rerun=true recomputes it)", flush=True)
                 returns[index] = _returned(overrides, f"skipped-{done}")
                 continue
             launcher = OmegaConf.to_container(cell_cfg.hydra.launcher, resolve=True)

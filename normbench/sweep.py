@@ -27,9 +27,8 @@ from normbench.checks import validate
 from normbench.config import Config, as_config
 from normbench.errors import UserError
 from normbench.logs import LIVE_ENV, cell_label
-from normbench.track import rundir
 from normbench.track.cell import Cell
-from normbench.track.environment import JOB
+from normbench.track.rundir import RunDir, Status
 
 # A CPU spends per image a fixed time plus a share of a per-chunk time (each chunk of `batch`
 # images pays its own norm statistics and kernel launches): in results/synthetic-batch a cell
@@ -53,11 +52,11 @@ class PlannedCell:
     cell: Cell
     config: Config
     cost: float
-    done_before: str | None  # "finished" or "diverged": a result the sweep skips
+    done_before: Status | None  # a result the sweep skips (finished or diverged)
 
     @property
-    def run_dir(self) -> Path:
-        return self.cell.directory(self.config.out_dir)
+    def run_dir(self) -> RunDir:
+        return RunDir(self.cell.directory(self.config.out_dir))
 
 
 def plan(cells: list[list[str]]) -> list[PlannedCell]:
@@ -69,13 +68,13 @@ def plan(cells: list[list[str]]) -> list[PlannedCell]:
     for overrides in cells:
         config = as_config(compose(overrides))
         cell = Cell.of(config, overrides)
-        run_dir = cell.directory(config.out_dir)
+        run_dir = RunDir(cell.directory(config.out_dir))
         try:
             validate(config)
             check_reusable(run_dir, config)
         except UserError as e:
             raise UserError(f"cell {cell.name}: {e}") from None
-        done = None if config.rerun else rundir.finished_status(run_dir)
+        done = None if config.rerun else run_dir.result()
         cost = estimated_cost(config)
         planned.append(PlannedCell(overrides, cell, config, cost, done))
     return planned
@@ -83,7 +82,7 @@ def plan(cells: list[list[str]]) -> list[PlannedCell]:
 
 def folders(planned: list[PlannedCell]) -> list[Path]:
     """The experiment folders of a sweep (runs/<experiment>/), in the order cells name them."""
-    return list(dict.fromkeys(cell.run_dir.parent for cell in planned))
+    return list(dict.fromkeys(cell.run_dir.path.parent for cell in planned))
 
 
 def swept_keys(planned: list[PlannedCell]) -> list[str]:
@@ -134,20 +133,19 @@ def cell_state(cell: PlannedCell, since: float) -> str:
     (running, not started, or left to another process that holds the cell)."""
     if cell.done_before:
         return "skipped"
-    path = cell.run_dir / rundir.METRICS
+    metrics = cell.run_dir.metrics
     try:
-        if path.stat().st_mtime < since:  # a failure recorded by an earlier run: retried now
-            return "unfinished"
+        if metrics.stat().st_mtime < since:  # a failure recorded by an earlier run: retried now
+            return Status.UNFINISHED
     except FileNotFoundError:
-        return "unfinished"
-    status = (rundir.read_json(path) or {}).get("status")
-    return status if status in ("finished", "diverged", "failed") else "unfinished"
+        return Status.UNFINISHED
+    return cell.run_dir.status()
 
 
-def _history(run_dir: Path) -> list[dict[str, str]]:
+def _history(run_dir: RunDir) -> list[dict[str, str]]:
     """The cell's epochs so far (history.csv is replaced whole, never seen half-written)."""
     try:
-        with open(run_dir / rundir.HISTORY) as f:
+        with open(run_dir.history) as f:
             return list(csv.DictReader(f))
     except FileNotFoundError:
         return []
@@ -212,7 +210,7 @@ class Watch:
         total = sum(c.cost for c, _ in work)
         if not total:
             return 1.0
-        done = sum(c.cost * (1.0 if s != "unfinished" else self._share(c)) for c, s in work)
+        done = sum(c.cost * (1.0 if s != Status.UNFINISHED else self._share(c)) for c, s in work)
         return done / total
 
     @staticmethod
@@ -228,10 +226,9 @@ class Watch:
         for cell, state in zip(self.planned, self.states(), strict=True):
             history = _history(cell.run_dir)
             last = history[-1] if history else {}
-            if state == "unfinished":
-                started = (cell.run_dir / JOB).exists() and (
-                    (cell.run_dir / JOB).stat().st_mtime >= self.started
-                )
+            if state == Status.UNFINISHED:
+                job = cell.run_dir.job
+                started = job.exists() and job.stat().st_mtime >= self.started
                 state = "running" if started else "waiting"
             table.add_row(
                 cell_label(cell.cell), state, f"{len(history)}/{cell.config.epochs}",
@@ -242,7 +239,7 @@ class Watch:
 
     def line(self) -> str:
         states = self.states()
-        done = sum(s != "unfinished" for s in states)
+        done = sum(s != Status.UNFINISHED for s in states)
         fraction, elapsed = self.fraction(), time.time() - self.started
         if done == len(states):
             left = "all done"
@@ -259,7 +256,7 @@ class Watch:
             if self._view is not None:
                 self._view.update(self.table(), refresh=True)
                 continue
-            done = sum(s != "unfinished" for s in self.states())
+            done = sum(s != Status.UNFINISHED for s in self.states())
             if done != last_done or time.time() - last_line >= self.every_s:
                 print(self.line(), flush=True)
                 last_done, last_line = done, time.time()

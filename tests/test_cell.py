@@ -1,6 +1,6 @@
-"""The cell record (normbench.track.cell.Cell): computed once from the composed config and the
-job's overrides, stored in job.json, and the one identity that metrics.json, a failure record,
-Hydra's job directory and the console carry."""
+"""The cell record (normbench.track.cell.Cell): named by the naming policy beside it, computed
+once per job from the composed config and the job's overrides, stored in job.json, and the one
+identity that metrics.json, a failure record, Hydra's job directory and the console carry."""
 
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ from hydra.core.hydra_config import HydraConfig
 
 from normbench.config import as_config
 from normbench.hydra_app import compose
-from normbench.job import cell_dir
-from normbench.track import rundir
-from normbench.track.cell import Cell
-from normbench.track.environment import JOB, stored_cell
+from normbench.track.cell import Cell, cell_name, cell_overrides, is_science_key
+from normbench.track.rundir import JOB, RunDir, Status
 
 OVERRIDES = ["norm=gn_ws", "batch=4", "norm.groups=8", "optim.milestones=[0.3,0.6]",
              "logger=none", "out_dir=/tmp/runs", "seed=2"]  # fmt: skip
@@ -42,7 +40,6 @@ def test_a_cell_is_computed_from_its_config_and_overrides(composed):
         config.name, config.model.name, config.dataset.name,
     )  # fmt: skip
     assert cell.directory(config.out_dir) == Path("/tmp/runs") / config.name / cell.name
-    assert cell_dir(config, OVERRIDES) == cell.directory(config.out_dir)
     assert Cell.of(config, reversed(OVERRIDES)) == cell  # whatever the order they were typed in
 
 
@@ -83,23 +80,24 @@ def test_the_json_record_round_trips_and_is_what_the_report_reads(tmp_path, comp
 @pytest.mark.slow
 def test_metrics_and_a_failure_record_carry_the_cell_the_job_stored(tmp_path, tiny, monkeypatch):
     import normbench.job
-    from normbench.job import run_cell
+    from normbench.job import Decision, Outcome, run_cell
 
     overrides = [*tiny, "epochs=1", "norm=gn", "model.ws=true", f"out_dir={tmp_path}"]
     config = as_config(compose(overrides))
     expected = Cell.of(config, overrides)
-    assert run_cell(config, overrides) == "finished"
-    run_dir = expected.directory(tmp_path)
-    metrics = json.loads((run_dir / rundir.METRICS).read_text())
-    assert stored_cell(run_dir) == Cell.from_dict(metrics) == expected
+    assert run_cell(config, expected) == Outcome(Decision.RAN, Status.FINISHED)
+    run = RunDir(expected.directory(tmp_path))
+    metrics = json.loads(run.metrics.read_text())
+    assert run.cell() == Cell.from_dict(metrics) == expected
     assert metrics["norm_label"] == "gn+ws"
 
-    def fail(run_dir, cfg):
+    def fail(run, cfg):
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(normbench.job, "_start_workers", fail)
-    assert run_cell(dataclasses.replace(config, rerun=True), overrides) == "failed"
-    failure = json.loads((run_dir / rundir.METRICS).read_text())
+    rerun = dataclasses.replace(config, rerun=True)
+    assert run_cell(rerun, expected) == Outcome(Decision.RAN, Status.FAILED)
+    failure = json.loads(run.metrics.read_text())
     assert (failure["status"], failure["error"]) == ("failed", "RuntimeError: out of memory")
     assert Cell.from_dict(failure) == expected
 
@@ -109,4 +107,65 @@ def test_a_worker_refuses_a_directory_that_does_not_say_its_cell(tmp_path):
 
     (tmp_path / JOB).write_text(json.dumps({"command": "normbench train", "overrides": {}}))
     with pytest.raises(UserError, match="does not say which cell"):
-        stored_cell(tmp_path)
+        RunDir(tmp_path).cell()
+
+
+def test_the_naming_policy_keeps_the_science_overrides_in_one_spelling():
+    typed = ["out_dir=/x", "logger=wandb", "+dataset.root=/data", "diagnostics.enabled=false",
+             "optim.base_lr=1e30", "~norm.groups=8", "norm=gn", "seed=1"]  # fmt: skip
+    assert cell_overrides(typed, "gn", 4) == {
+        "batch": "4", "norm": "gn", "norm.groups": "8", "optim.base_lr": "1e+30", "seed": "1",
+    }  # fmt: skip
+    # Hydra's spelling of a swept float names the same cell as the one typed.
+    assert cell_name(["optim.base_lr=1e+30"], "bn", 4) == cell_name(["optim.base_lr=1e30"], "bn", 4)
+    assert not is_science_key("+logger.project") and is_science_key("optim.base_lr")
+
+
+@pytest.fixture
+def cell_of_calls(monkeypatch):
+    """Every Cell.of call from here on, by the overrides it was given."""
+    calls: list[list[str]] = []
+    compute = Cell.of.__func__
+
+    def counted(cls, cfg, overrides):
+        calls.append(list(overrides))
+        return compute(cls, cfg, overrides)
+
+    monkeypatch.setattr(Cell, "of", classmethod(counted))
+    return calls
+
+
+@pytest.fixture
+def instant_workers(monkeypatch):
+    """Workers that finish at once: the job's flow without training."""
+    import normbench.job
+
+    def finish(run, cfg):
+        run.write_metrics({"status": Status.FINISHED, **run.cell().as_dict()})
+
+    monkeypatch.setattr(normbench.job, "_start_workers", finish)
+
+
+@pytest.mark.parametrize("command", ["train", "prepare"])
+def test_a_cli_job_composes_its_cell_once(tmp_path, tiny, monkeypatch, command, cell_of_calls,
+                                          instant_workers):  # fmt: skip
+    from normbench.cli import main
+    from normbench.track.environment import COMMAND_ENV
+
+    monkeypatch.setenv(COMMAND_ENV, "")  # main() records its command there: restored after
+    assert main([command, *tiny, f"out_dir={tmp_path}"]) == 0
+    assert len(cell_of_calls) == 1
+    assert (tmp_path / "synthetic-resnet8").is_dir()
+
+
+def test_a_sweep_job_composes_its_cell_once(tmp_path, tiny, monkeypatch, cell_of_calls,
+                                            instant_workers):  # fmt: skip
+    from normbench.hydra_app import multirun
+    from normbench.logs import SWEEP_ENV
+
+    monkeypatch.setenv(SWEEP_ENV, "")  # multirun() tells the cells the sweep's size there
+    multirun([*tiny, "launcher=basic", "norm=bn,gn", f"out_dir={tmp_path}"], total=2)
+    assert len(cell_of_calls) == 2  # one per job
+    finished = [RunDir(p).status() for p in (tmp_path / "synthetic-resnet8").iterdir()
+                if p.is_dir()]  # fmt: skip
+    assert sorted(finished) == [Status.FINISHED, Status.FINISHED]

@@ -28,6 +28,7 @@ from normbench.cli import BUSY_EXIT_CODE, main
 from normbench.report import collect_runs
 from normbench.report.tables import build_tables
 from normbench.track import rundir
+from normbench.track.cell import cell_name
 
 
 def tiny(*changes: str) -> list[str]:
@@ -357,7 +358,7 @@ def test_two_sweeps_at_once_run_each_cell_exactly_once(tmp_path):
 def test_a_cell_held_by_another_process_is_left_alone(tmp_path):
     out = tmp_path / "out"
     args = ["train", *QUICK, f"out_dir={out}"]
-    run_dir = out / "synthetic-resnet8" / rundir.cell_name(QUICK, "bn", 8)
+    run_dir = out / "synthetic-resnet8" / cell_name(QUICK, "bn", 8)
     run_dir.mkdir(parents=True)
     with FileLock(str(run_dir / rundir.LOCK)):  # a holder that did not say who it is
         busy = run_cli(args, cwd=tmp_path, env=ENV)

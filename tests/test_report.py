@@ -87,15 +87,14 @@ def test_a_renamed_directory_holds_the_same_cell(tmp_path: Path, status: str) ->
     assert json.loads(row["overrides"])["optim.base_lr"] == "0.2"
 
 
-def test_a_cell_without_a_record_is_identified_from_its_config(tmp_path: Path) -> None:
-    # A directory written before job.json held the cell: its config says what it is, and no
-    # overrides are known; the directory's name only labels it.
+def test_a_cell_without_a_record_is_refused_naming_its_job_file(tmp_path: Path) -> None:
+    # A directory written before job.json held the cell: nothing says which cell it is (its name
+    # is never read for that), so the report says which file lacks the record.
     sweep = tmp_path / "exp"
     cell = write_cell(sweep, {"batch": 4, "norm": "gn"}, status="unfinished", record=False)
-    cell.rename(sweep / "old-cell")
-    (row,) = collect_runs(sweep).to_dict("records")
-    assert (row["cell"], row["norm"], row["batch"], row["total_batch"]) == ("old-cell", "gn", 4, 32)
-    assert pd.isna(row["overrides"])
+    with pytest.raises(UserError, match="does not say which cell this is") as error:
+        collect_runs(sweep)
+    assert str(cell / "job.json") in str(error.value)
 
 
 def test_the_stored_metric_field_is_what_is_read(tmp_path: Path) -> None:

@@ -145,9 +145,9 @@ def test_on_a_terminal_a_sweep_shows_a_live_table_of_its_cells(tmp_path, monkeyp
     monkeypatch.setenv(SWEEP_KEYS_ENV, ",".join(swept_keys(planned)))
     watch = Watch(planned, live=True)
     running = {c.config.batch: c.run_dir for c in planned}[8]
-    running.mkdir(parents=True)
-    (running / "job.json").write_text("{}")  # written when a cell starts
-    (running / "history.csv").write_text("epoch,val_error,images_per_s\n1,42.5,123.4\n")
+    running.path.mkdir(parents=True)
+    running.job.write_text("{}")  # written when a cell starts
+    running.history.write_text("epoch,val_error,images_per_s\n1,42.5,123.4\n")
     console = Console(record=True, width=120)
     console.print(watch.table())
     text = console.export_text()

@@ -1,12 +1,11 @@
 """Read the run directories of one sweep (runs/<experiment>/<cell>/) into a pandas DataFrame.
 
-Reading only: nothing under a run directory is ever written. A cell is a directory holding at
-least one of config.yaml, history.csv or metrics.json; metrics.json (written last, atomically by
-the trainer) means the cell is done, so a cell without it is "unfinished" (still running, or
-killed). A cell is identified by its record (normbench.track.cell.Cell): from metrics.json, else
-the one job.json stores, else (a directory written before job.json held it) from config.yaml,
-with no overrides known. The directory's name is never read for what the cell is; it only
-labels a cell that has no record.
+Reading only, through :class:`~normbench.track.rundir.RunDir`: nothing under a run directory is
+ever written. A cell is a directory holding at least one of config.yaml, history.csv or
+metrics.json; metrics.json (written last, atomically) means the cell stopped, so a cell without it
+is "unfinished" (still running, or killed). A cell is identified by its record
+(normbench.track.cell.Cell): from metrics.json, else the one job.json stores (the job writes it
+before config.yaml). The directory's name is never read for what the cell is.
 """
 
 from __future__ import annotations
@@ -18,14 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from normbench.errors import UserError
 from normbench.metrics import NAMES, val_error_metrics
-from normbench.track.environment import JOB, JOB_CELL
+from normbench.track.rundir import CELL_FILES, RunDir, Status
 
-CELL_FILES = ("metrics.json", "config.yaml", "history.csv")
-STATUSES = ("finished", "diverged", "failed", "unfinished")
 ERROR_FIELDS = NAMES  # the val errors of normbench.metrics
 # The BN diagnostics (normbench.train.diagnostics): final weights, four evaluation modes.
 DIAGNOSTIC_FIELDS = (
@@ -59,7 +55,7 @@ def read_history(cell_dir: Path) -> pd.DataFrame | None:
 
     A running trainer appends to history.csv, so a torn last line is skipped rather than fatal.
     """
-    path = Path(cell_dir) / "history.csv"
+    path = RunDir(Path(cell_dir)).history
     if not path.is_file():
         return None
     try:
@@ -69,96 +65,35 @@ def read_history(cell_dir: Path) -> pd.DataFrame | None:
     return history if "epoch" in history.columns else None
 
 
-def is_cell_dir(path: Path) -> bool:
-    """Whether a directory looks like one cell of a sweep."""
-    return path.is_dir() and any((path / name).is_file() for name in CELL_FILES)
-
-
-def identity_from_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Fields of a cell taken from its resolved config.yaml: the settings an unfinished cell
-    reports (epochs, metric), and its identity where no cell record says it."""
-    model = config.get("model") or {}
-    norm = config.get("norm") or {}
-    dataset = config.get("dataset") or {}
-    fields = {
-        "experiment": config.get("name"),
-        "model": model.get("name"),
-        "dataset": dataset.get("name"),
-        "norm": norm.get("name"),
-        "groups": norm.get("groups"),
-        "group_size": norm.get("group_size"),
-        "batch": config.get("batch"),
-        "gpus": config.get("gpus"),
-        "devices": config.get("devices"),
-        "seed": config.get("seed"),
-        "epochs": config.get("epochs"),
-        "metric": config.get("metric"),  # what the experiment's report shows
-    }
-    if fields["norm"] is not None:
-        fields["norm_label"] = fields["norm"] + ("+ws" if model.get("ws") else "")
-    if fields["batch"] is not None and fields["gpus"] is not None:
-        fields["total_batch"] = fields["batch"] * fields["gpus"]
-    return {key: value for key, value in fields.items() if value is not None}
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"unreadable {what} file '{path}': {exc} (expected JSON)") from exc
-
-
-def _read_metrics(cell_dir: Path) -> dict[str, Any] | None:
-    path = cell_dir / "metrics.json"
-    metrics = _read_json(path, "metrics")
-    if metrics is None:
-        return None
-    if metrics.get("status") not in STATUSES[:3]:
-        raise UserError(
-            f"unknown status {metrics.get('status')!r} in '{path}' "
-            f"(allowed: {', '.join(STATUSES[:3])})"
-        )
-    return metrics
-
-
-def _read_config(cell_dir: Path) -> dict[str, Any] | None:
-    path = cell_dir / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"unreadable config file '{path}': {exc}") from exc
-    return config if isinstance(config, dict) else None
+# The settings of a run that no record of its cell holds, from its config.yaml: an unfinished
+# cell's epochs and devices, and the metric its experiment's report shows.
+CONFIG_SETTINGS = ("epochs", "devices", "metric")
 
 
 def read_cell(cell_dir: Path) -> dict[str, Any]:
     """One record (CELL_COLUMNS) describing a cell directory."""
-    cell_dir = Path(cell_dir)
+    run = RunDir(Path(cell_dir))
     record: dict[str, Any] = dict.fromkeys(CELL_COLUMNS)
-    config = _read_config(cell_dir)
-    if config is not None:
-        record.update(identity_from_config(config))
-    stored = (_read_json(cell_dir / JOB, "job") or {}).get(JOB_CELL) or {}
-    metrics = _read_metrics(cell_dir)
-    # Later sources win: metrics.json holds the cell's fields as the trainer saw them.
-    for source in (stored, metrics or {}):
+    config = run.read_config() or {}
+    metrics = run.read_metrics()
+    # metrics.json holds the cell's fields beside its results (and the run's devices and
+    # epochs, which win over the config's); before it exists, job.json holds the cell.
+    cell = metrics if metrics is not None else run.cell().as_dict()
+    for source in ({key: config.get(key) for key in CONFIG_SETTINGS}, cell):
         record.update({k: v for k, v in source.items() if k in record and v is not None})
     for column in ("overrides", "versions"):
         if isinstance(record[column], dict):
             record[column] = json.dumps(record[column], sort_keys=True)
-    history = read_history(cell_dir)
-    record["status"] = metrics["status"] if metrics is not None else "unfinished"
+    history = read_history(run.path)
+    status = Status.UNFINISHED if metrics is None else metrics["status"]
+    record["status"] = status.value
     record["epochs_done"] = 0 if history is None else len(history)
     missing = [f for f in ERROR_FIELDS if record[f] is None]
     # The stored fields are what we report; history only fills a field an older run lacks.
-    if record["status"] == "finished" and missing and history is not None:
+    if status is Status.FINISHED and missing and history is not None:
         computed = val_error_metrics(history["val_error"])
         record.update({field: computed[field] for field in missing})
-    record["cell"] = record["cell"] or cell_dir.name  # a label only: no record says the name
-    record["path"] = str(cell_dir)
+    record["path"] = str(run.path)
     return record
 
 
@@ -176,7 +111,7 @@ def find_cells(sweep_dir: Path, exclude: Iterable[Path] = ()) -> list[Path]:
     return [
         p
         for p in sorted(sweep_dir.iterdir(), key=lambda p: natural_key(p.name))
-        if not p.name.startswith(".") and p.resolve() not in skip and is_cell_dir(p)
+        if not p.name.startswith(".") and p.resolve() not in skip and RunDir(p).is_cell()
     ]
 
 

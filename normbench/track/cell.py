@@ -1,12 +1,12 @@
 """The cell: what one run of a sweep is, computed once when the job composes it.
 
 A cell is named by its experiment and the science overrides that set it apart
-(``batch=4,norm=gn,norm.groups=8``: :func:`normbench.track.rundir.cell_overrides` decides which),
-and described by what the report groups and labels it by: model, dataset, norm label, batch per
-GPU, GPUs, total batch, seed and GN's groups. The job stores it in the run directory (job.json);
-metrics.json and a failure record carry its fields, the W&B run is named and tagged from it, the
-console labels lines with it and the report reads it back. Nothing parses a directory name to
-learn what a cell is: a renamed directory holds the same cell.
+(``batch=4,norm=gn,norm.groups=8``: the naming policy below decides which), and described by what
+the report groups and labels it by: model, dataset, norm label, batch per GPU, GPUs, total batch,
+seed and GN's groups. The job stores it in the run directory (job.json); metrics.json and a
+failure record carry its fields, the W&B run is named and tagged from it, the console labels lines
+with it and the report reads it back. Nothing parses a directory name to learn what a cell is: a
+renamed directory holds the same cell.
 """
 
 from __future__ import annotations
@@ -18,7 +18,66 @@ from pathlib import Path
 from typing import Any
 
 from normbench.config import Config, norm_label, total_batch
-from normbench.track.rundir import cell_name, cell_overrides
+
+# ---- the naming policy: which overrides name a cell, spelt how -------------------------------
+
+# Keys that never change the science of a cell, so they stay out of its name (and a change of
+# them does not make a run directory hold "another config").
+NON_SCIENCE_KEYS = frozenset({
+    "name", "out_dir", "rerun", "devices", "progress", "experiment", "launcher", "logger",
+    "accelerator", "backend", "log_every_steps", "checkpoint_every_steps", "cpu_threads",
+    "metric",
+})  # fmt: skip
+NON_SCIENCE_PREFIXES = (
+    "logger.", "hydra.", "dataset.root", "dataset.workers", "dataset.download", "diagnostics.",
+)  # fmt: skip
+
+
+def is_science_key(key: str) -> bool:
+    """Whether a config key (``norm.groups``, or an override's ``+key``) can change results."""
+    key = key.lstrip("+~")
+    return key not in NON_SCIENCE_KEYS and not key.startswith(NON_SCIENCE_PREFIXES)
+
+
+def cell_overrides(overrides: Iterable[str], norm: str, batch: int) -> dict[str, str]:
+    """The overrides that name a cell, always with its norm and batch, sorted by key."""
+    pairs: dict[str, str] = {}
+    for item in overrides:
+        if not item or "=" not in item:
+            continue
+        key, value = item.split("=", 1)
+        if is_science_key(key):
+            pairs[key.lstrip("+~")] = _canonical(value)
+    pairs.setdefault("norm", norm)
+    pairs.setdefault("batch", str(batch))
+    return dict(sorted(pairs.items()))
+
+
+def _canonical(value: str) -> str:
+    """One spelling per number: Hydra rewrites swept floats (1e30 -> 1e+30, 1e-3 -> 0.001), so
+    `train` and `sweep` name the same cell alike only if both go through float()."""
+    try:
+        int(value)
+        return value
+    except ValueError:
+        pass
+    try:
+        return str(float(value))
+    except ValueError:
+        return value
+
+
+def cell_name(overrides: Iterable[str], norm: str, batch: int) -> str:
+    """Directory name of a cell, e.g. ``batch=4,norm=gn``: stable whatever the override order.
+    Also Hydra's ``${cell:...}`` resolver, which names the job's directory alike."""
+    return _joined(cell_overrides(overrides, norm, batch))
+
+
+def _joined(named: Mapping[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in named.items())
+
+
+# ---- the cell ------------------------------------------------------------------------------
 
 # The key of the cell's name in its JSON record: "name" would read as the experiment's name
 # (the config's `name`), and metrics.json has always said "cell".
@@ -44,10 +103,9 @@ class Cell:
     @classmethod
     def of(cls, cfg: Config, overrides: Iterable[str]) -> Cell:
         """The cell `overrides` (a job's command-line overrides) compose to `cfg`."""
-        overrides = list(overrides)
+        named = cell_overrides(overrides, cfg.norm.name, cfg.batch)
         return cls(
-            name=cell_name(overrides, cfg.norm.name, cfg.batch),
-            overrides=cell_overrides(overrides, cfg.norm.name, cfg.batch),
+            name=_joined(named), overrides=named,
             experiment=cfg.name, model=cfg.model.name, dataset=cfg.dataset.name,
             norm=cfg.norm.name, norm_label=norm_label(cfg), batch=cfg.batch, gpus=cfg.gpus,
             total_batch=total_batch(cfg), seed=cfg.seed,

@@ -41,8 +41,8 @@ from normbench.norms import (
     set_emulated_gpus,
     sync_running_stats,
 )
-from normbench.track import rundir
-from normbench.track.environment import run_record, stored_cell
+from normbench.track.environment import run_record
+from normbench.track.rundir import RunDir
 from normbench.track.tracker import open_tracker
 from normbench.train.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from normbench.train.diagnostics import bn_diagnostics, has_per_gpu_statistics
@@ -103,8 +103,8 @@ class EpochSums:
         self.images += labels.numel() * self.world_size
 
 
-def load_config(run_dir: Path) -> Config:
-    return as_config(OmegaConf.load(run_dir / rundir.CONFIG))
+def load_config(run: RunDir) -> Config:
+    return as_config(OmegaConf.load(run.config))
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -180,7 +180,7 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, float]:
 class Trainer:
     """State of one worker's training run. `run()` is the whole loop."""
 
-    def __init__(self, run_dir: Path, cfg: Config, env: DistEnv) -> None:
+    def __init__(self, run_dir: RunDir, cfg: Config, env: DistEnv) -> None:
         self.run_dir, self.cfg, self.env = run_dir, cfg, env
         self.chunks = gpus_per_device(cfg) if env.world_size == 1 else cfg.gpus // env.world_size
         self.lr = learning_rate(cfg)
@@ -191,7 +191,7 @@ class Trainer:
             train_size=cfg.dataset.train_size, val_size=cfg.dataset.val_size,
             augment=cfg.dataset.augment, download=cfg.dataset.download,
             bad_images=cfg.dataset.bad_images, color_jitter=cfg.dataset.color_jitter,
-            lighting=cfg.dataset.lighting, skipped_file=run_dir / rundir.SKIPPED,
+            lighting=cfg.dataset.lighting, skipped_file=run_dir.skipped,
         )  # fmt: skip
         self.train_loader, self.val_loader, self.sampler = build_loaders(
             self.data, batch_per_rank=cfg.batch * self.chunks, world_size=env.world_size,
@@ -243,7 +243,7 @@ class Trainer:
         return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
 
     def _resume(self) -> None:
-        state = load_checkpoint(self.run_dir / rundir.CHECKPOINT)
+        state = load_checkpoint(self.run_dir.checkpoint)
         if state is None:
             return
         self.model.load_state_dict(state["model"])
@@ -263,7 +263,7 @@ class Trainer:
         if not self.env.is_main:
             return
         save_checkpoint(
-            self.run_dir / rundir.CHECKPOINT,
+            self.run_dir.checkpoint,
             {
                 "model": self.model.state_dict(),
                 "bn_alt_stats": alt_running_stats(self.model),
@@ -439,8 +439,8 @@ class Trainer:
                     row["epoch"], cfg.epochs, row["train_loss"], row["train_error"],
                     row["val_error"], row["lr"], row["images_per_s"],
                 )  # fmt: skip
-                rundir.write_csv(self.run_dir / rundir.HISTORY, p.history, rundir.HISTORY_COLUMNS)
-                rundir.write_csv(self.run_dir / rundir.STEPS, p.steps, rundir.STEP_COLUMNS)
+                self.run_dir.write_history(p.history)
+                self.run_dir.write_steps(p.steps)
             self.save()
             if self._preempted(guard):
                 self._exit_preempted(guard)
@@ -481,21 +481,21 @@ def run_worker(run_dir: str | Path) -> None:
     """Entry point of every worker process (torchrun, srun, or in-process): train one cell."""
     from normbench.logs import cell_label, in_sweep, setup_logging
 
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir)
-    cell = stored_cell(run_dir)
+    run = RunDir(Path(run_dir))
+    cfg = load_config(run)
+    cell = run.cell()
     env = init_process(cfg)
     if env.device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
     label = cell_label(cell) if in_sweep() else None  # in a sweep, other cells share the console
-    setup_logging(run_dir / rundir.LOG if env.is_main else None, rank=env.rank, cell=label)
+    setup_logging(run.log if env.is_main else None, rank=env.rank, cell=label)
     started = time.time()
     tracker = None
     outcome: dict[str, Any] = {"status": "failed", "error": None, "diverged_at_step": None}
     try:
-        trainer = Trainer(run_dir, cfg, env)
+        trainer = Trainer(run, cfg, env)
         tracker = open_tracker(
-            cfg.logger.kind, run_dir, OmegaConf.to_container(OmegaConf.structured(cfg)),
+            cfg.logger.kind, run.path, OmegaConf.to_container(OmegaConf.structured(cfg)),
             cell=cell, rank=env.rank, logger_config=cfg.logger,
         )  # fmt: skip
         if env.is_main:
@@ -513,9 +513,9 @@ def run_worker(run_dir: str | Path) -> None:
                 log.warning("cell %s diverged: %s", cell.name, e)
                 outcome.update(status="diverged", diverged_at_step=e.step, error=str(e))
         if env.is_main:
-            metrics = {**run_record(cfg, cell, run_dir, env, trainer), **outcome}
+            metrics = {**run_record(cfg, cell, run, env, trainer), **outcome}
             metrics["wall_time_s"] = time.time() - started
-            rundir.write_json(run_dir / rundir.METRICS, metrics)
+            run.write_metrics(metrics)
             tracker.summary({k: v for k, v in metrics.items() if k.startswith("val_error")})
     finally:
         if tracker is not None:
