@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed ## create .venv and install normbench with torch, Hydra, W&B, pandas, matplotlib
 
-demo: setup ## the main job: the mini BN-vs-GN batch sweep (Table 2) on real images (Fashion-MNIST; synthetic offline), then its report
+demo: setup ## the main job: a few-minute preview of the converged Table 2 (BN vs GN, Fashion-MNIST), then its report
 	$(NB) sweep experiment=$(EXPERIMENT)-batch $(ARGS)
 
 test: setup ## run the whole test suite (what CI runs)
@@ -51,7 +51,7 @@ ablation-groups: setup ## Table 3: GN with G = 64..1 groups, then 64..1 channels
 fashion: setup ## the batch sweep and the group ablation on Fashion-MNIST (apt-get install dataset-fashion-mnist)
 	$(BIN)/python scripts/reproduce.py fashion_mnist-batch fashion_mnist-groups
 
-results: setup ## regenerate every committed CPU-scale result under results/ (about 80 minutes on 2 cores; each entry's time in its RUN.md)
+results: setup ## regenerate the committed CPU-scale results (hours on 2 cores: each RUN.md has its time; committed cells are skipped)
 	$(BIN)/python scripts/reproduce.py
 
 report: setup ## rebuild the report of a sweep: make report DIR=runs/fashion_mnist-resnet8
