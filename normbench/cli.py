@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
     from normbench.job import Outcome
 
 USAGE = __doc__.split("\n\n", 1)[1].rstrip()
-# `train`/`prepare` on a cell another process is running: not success (EX_TEMPFAIL).
+# Not done, not failed: the same command later finishes the work (EX_TEMPFAIL). `train` or
+# `prepare` on a cell another process is running; a sweep that leaves cells unfinished.
 BUSY_EXIT_CODE = 75
 log = logging.getLogger("normbench")
 
@@ -91,10 +93,13 @@ def _cmd_prepare(args: list[str]) -> int:
 
 
 def _cmd_sweep(args: list[str]) -> int:
+    """Exit status: 0 when every cell has a result, 1 when one failed, 75 when cells are left
+    unfinished (cancelled, preempted: rerun to resume), 128 + N when stopped by signal N."""
     from normbench import sweep
     from normbench.hydra_app import expand_sweep, multirun, with_available_dataset
     from normbench.logs import SWEEP_KEYS_ENV
     from normbench.report import build_report, format_report
+    from normbench.stop import StopOnSignals
 
     args = with_available_dataset(args)
     planned = sweep.plan(expand_sweep(args))
@@ -103,18 +108,24 @@ def _cmd_sweep(args: list[str]) -> int:
         ensure_writable(folder)  # before Hydra, whose own error is a traceback
     print(f"sweep: {len(planned)} cells into {', '.join(map(str, folders))}", flush=True)
     os.environ[SWEEP_KEYS_ENV] = ",".join(sweep.swept_keys(planned))  # the cells' line labels
-    with sweep.Watch(planned) as watch:
+    with sweep.Watch(planned) as watch, StopOnSignals() as stop:
         multirun(sweep.costliest_first(planned) or args, total=len(planned))
     written = []
-    for folder in folders:
+    for folder in folders if stop.signum is None else []:  # stopped: leave at once, as asked
         config = next(c.config for c in planned if c.run_dir.path.parent == folder)
         report = build_report(folder, metric=config.metric)
         print(format_report(report))
         if config.logger.kind == "wandb":
             _log_report_to_wandb(report, config)
         written += [p for p in report.paths if p.name == "report.md"]
-    print("\n".join(watch.summary(written)))
-    return 1 if Status.FAILED in watch.states() else 0
+    left = sweep.left_unfinished(planned, watch.started)
+    stopped_by = signal.Signals(stop.signum).name if stop.signum else None
+    print("\n".join(watch.summary(written, left, stopped_by)))
+    if stop.signum:
+        return 128 + stop.signum  # as a shell reports a process ended by that signal
+    if Status.FAILED in watch.states():
+        return 1
+    return BUSY_EXIT_CODE if left else 0
 
 
 def _log_report_to_wandb(report, config) -> None:

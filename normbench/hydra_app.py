@@ -139,7 +139,14 @@ def _hydra_job(cfg: DictConfig) -> str:
 
 
 def multirun(overrides: list[str], total: int) -> None:
-    """Run every cell through Hydra's multirun and its configured launcher."""
+    """Run every cell through Hydra's multirun and its configured launcher.
+
+    A worker process of launcher=parallel that ends without returning (a cell preempted by
+    SIGTERM, the kernel's out-of-memory killer) ends the launch in one line: loky kills the
+    other workers, and the sweep names the cells left unfinished, which resume on the next run.
+    """
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
     _register()
     os.environ[SWEEP_ENV] = str(total)  # launchers pass it on: the cells' lines name them
     argv, full_error = sys.argv, os.environ.get(FULL_ERROR_ENV)
@@ -150,6 +157,11 @@ def multirun(overrides: list[str], total: int) -> None:
     os.environ[FULL_ERROR_ENV] = "1"
     try:
         _hydra_job()
+    except TerminatedWorkerError as e:
+        codes = re.search(r"exit codes of the workers are (\{.*?\})", str(e))
+        shown = codes.group(1) if codes else "unknown"
+        print(f"normbench: a worker process ended before its cell did (exit codes {shown})",
+              file=sys.stderr, flush=True)  # fmt: skip
     finally:
         sys.argv = argv
         if full_error is None:

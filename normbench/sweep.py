@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from rich.table import Table
 
 from normbench.checks import validate
@@ -142,6 +143,31 @@ def cell_state(cell: PlannedCell, since: float) -> str:
     return cell.run_dir.status()
 
 
+def held_elsewhere(run_dir: RunDir) -> bool:
+    """Whether a process holds the cell's lock now: one that runs it (another sweep, `train`),
+    once this sweep's own processes have ended."""
+    if not run_dir.lock.exists():
+        return False
+    lock = FileLock(str(run_dir.lock))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def left_unfinished(planned: list[PlannedCell], since: float) -> list[PlannedCell]:
+    """The cells a sweep that began at `since` leaves without a result (stopped, cancelled,
+    preempted, killed), which the next run resumes; not those another process is running."""
+    # The lock first: a cell another process finishes meanwhile then reads as finished.
+    return [
+        cell
+        for cell in planned
+        if not held_elsewhere(cell.run_dir) and cell_state(cell, since) == Status.UNFINISHED
+    ]
+
+
 def _history(run_dir: RunDir) -> list[dict[str, str]]:
     """The cell's epochs so far (history.csv is replaced whole, never seen half-written)."""
     try:
@@ -261,8 +287,11 @@ class Watch:
                 print(self.line(), flush=True)
                 last_done, last_line = done, time.time()
 
-    def summary(self, reports: list[Path]) -> list[str]:
-        """The closing lines: what came of each cell, and where the reports are."""
+    def summary(
+        self, reports: list[Path], left: list[PlannedCell], stopped_by: str | None = None
+    ) -> list[str]:
+        """The closing lines: what came of each cell, where the reports are, and the cells left
+        unfinished (`left`, from :func:`left_unfinished`), by name."""
         counts = Counter(self.states())
         words = [
             f"{counts['finished']} finished",
@@ -270,8 +299,15 @@ class Watch:
             f"{counts['failed']} failed",
             f"{counts['diverged']} diverged",
         ]
-        if counts["unfinished"]:
-            words.append(f"{counts['unfinished']} unfinished (stopped, or run by another process)")
+        if left:
+            words.append(f"{len(left)} unfinished")
+        if counts["unfinished"] > len(left):
+            words.append(f"{counts['unfinished'] - len(left)} run by another process")
         elapsed = _duration(time.time() - self.started)
-        lines = [f"sweep done in {elapsed}: {len(self.planned)} cells, {', '.join(words)}"]
-        return lines + [f"report: {path}" for path in reports]
+        ended = f"stopped by {stopped_by} after" if stopped_by else "done in"
+        lines = [f"sweep {ended} {elapsed}: {len(self.planned)} cells, {', '.join(words)}"]
+        lines += [f"report: {path}" for path in reports]
+        if left:
+            names = "; ".join(cell_label(cell.cell) for cell in left)
+            lines.append(f"unfinished, the same command resumes them: {names}")
+        return lines

@@ -16,7 +16,9 @@ import contextlib
 import datetime
 import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +27,7 @@ import torch.distributed as dist
 
 from normbench.config import Config, resolve_accelerator
 from normbench.errors import UserError
+from normbench.train.preempt import hand_on
 
 log = logging.getLogger("normbench")
 # torch's launcher logs a failed worker's traceback itself: the failure is raised from here
@@ -111,6 +114,7 @@ class WorkerFailed(RuntimeError):
 
 def launch_workers(entrypoint: Callable[[str], object], arg: str, nprocs: int, run_id: str) -> None:
     """Start `nprocs` local workers through torchrun's elastic agent and wait for them."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -126,8 +130,12 @@ def launch_workers(entrypoint: Callable[[str], object], arg: str, nprocs: int, r
         start_method="spawn",
     )
     try:
-        with _quiet(_LAUNCHER_LOGGERS):
+        with _quiet(_LAUNCHER_LOGGERS), _kept_signal_handlers():
             elastic_launch(config, entrypoint)(arg)
+    except SignalException as e:
+        # The agent was stopped (a sweep stopping, a preemption) and stopped the workers with the
+        # same signal, on which they wrote a checkpoint: the cell is unfinished, not failed.
+        hand_on(e.sigval)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         message = failure.message
@@ -140,6 +148,21 @@ def launch_workers(entrypoint: Callable[[str], object], arg: str, nprocs: int, r
             raise UserError(reason.split(": ", 1)[1]) from None
         log.error("worker rank %d failed:\n%s", rank, _callstack(failure) or reason)
         raise WorkerFailed(f"worker rank {rank} failed: {reason}") from None
+
+
+@contextlib.contextmanager
+def _kept_signal_handlers():
+    """torch's agent replaces the handlers of SIGTERM, SIGINT, SIGHUP and SIGQUIT (each raises
+    SignalException) and never puts them back: this process's own come back after it."""
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():  # where torch sets them
+            for sig, handler in previous.items():
+                if handler is not None:  # None: set outside Python, cannot be put back
+                    signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 from types import FrameType
+from typing import NoReturn
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -40,6 +41,12 @@ class PreemptionGuard:
         """Called after the checkpoint is safe: re-deliver the signal to the previous handler."""
         signum = self.received
         self.__exit__()
-        if signum is not None:
-            os.kill(os.getpid(), signum)
-        raise SystemExit(128 + (signum or 0))
+        hand_on(signum or 0)
+
+
+def hand_on(signum: int) -> NoReturn:
+    """End as the signal's handler says (by default: the process ends by the signal, which tells
+    a launcher it was stopped, not failed); SystemExit where that handler returns."""
+    if signum:
+        os.kill(os.getpid(), signum)
+    raise SystemExit(128 + signum)
