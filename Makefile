@@ -12,7 +12,7 @@ NB := $(BIN)/normbench
 EXPERIMENT ?= mini
 ARGS ?=
 
-.PHONY: help setup demo test lint table-batch table-norms table-zoo ablation-groups fashion results bench report clean
+.PHONY: help setup demo test test-fast lint table-batch table-norms table-zoo ablation-groups fashion results bench report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ demo: setup ## the main job: a few-minute preview of the converged Table 2 (BN v
 
 test: setup ## run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+test-fast: setup ## the tests not marked slow: under 2 minutes, for each edit (CONTRIBUTING.md)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup ## ruff
 	$(BIN)/ruff check normbench tests scripts

@@ -163,6 +163,7 @@ def test_permuted_positions_split_the_val_set_like_one_process():
     assert ranks[0] + ranks[1] == per_gpu_batches(whole, 2, 2)
 
 
+@pytest.mark.slow
 def test_a_bn_cell_records_every_mode_and_its_headline_and_the_option_turns_it_off(tmp_path, tiny):
     common = [*tiny, "norm=bn", "norm.eval_stats=first"]
     for enabled in ("true", "false"):
@@ -181,6 +182,7 @@ def test_a_bn_cell_records_every_mode_and_its_headline_and_the_option_turns_it_o
             assert "val_error_precise" not in metrics
 
 
+@pytest.mark.slow
 def test_batch_free_norms_have_no_diagnostics(tmp_path, tiny):
     result = run_cli(["train", *tiny, "norm=gn", f"out_dir={tmp_path}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -112,6 +112,7 @@ def test_a_resumed_cell_continues_the_same_run(sweep, tmp_path):
     assert run_info(read_records(files[-1]))["id"] == run_id
 
 
+@pytest.mark.slow
 def test_logger_none_writes_no_wandb_files(tmp_path, tiny):
     result = run_cli(["train", *tiny, "epochs=1", f"out_dir={tmp_path / 'runs'}"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
