@@ -25,6 +25,7 @@ import torch
 from conftest import TINY, run_cli
 from test_reliability import _load, assert_same_result
 
+from normbench.cli import BUSY_EXIT_CODE
 from normbench.report import collect_runs
 from normbench.track import rundir
 
@@ -307,6 +308,8 @@ def test_preempted_requeued_and_cancelled_jobs_resume_to_the_uninterrupted_resul
         if sweep.poll() is None:
             sweep.kill()
     assert "ended CANCELLED before the cell finished" in output, output
+    assert sweep.returncode == BUSY_EXIT_CODE, output  # left unfinished: not done, not failed
+    assert "unfinished, the same command resumes them: " in output
     assert not (run_dir / rundir.METRICS).exists()  # never "finished"
     assert collect_runs(run_dir.parent)["status"].tolist() == ["unfinished"]
     assert (run_dir / rundir.LOG).read_text().count("preempted: checkpoint saved") == 3
