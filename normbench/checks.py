@@ -26,6 +26,7 @@ from normbench.config import (
     total_batch,
 )
 from normbench.errors import UserError
+from normbench.metrics import TASK_METRICS
 
 
 def _one_of(what: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -48,10 +49,8 @@ def validate(cfg: Config) -> None:
     """
     # Imported here, not above: they cost every command (normbench report too) about 1.8 s of
     # start-up (torchvision's models, pandas), and only a cell about to run is validated.
-    from normbench.data import check_augment_options, check_dataset, check_sizes, list_datasets
-    from normbench.models import build_model, list_models
+    from normbench.data import check_augment_options, check_sizes
     from normbench.norms import get_norm_spec
-    from normbench.report.tables import METRICS
 
     _positive("batch", cfg.batch)
     _positive("gpus", cfg.gpus)
@@ -78,9 +77,8 @@ def validate(cfg: Config) -> None:
     _one_of("logger.kind", cfg.logger.kind, LOGGERS)
     _one_of("logger.mode", cfg.logger.mode, WANDB_MODES)
     _one_of("dataset.bad_images", cfg.dataset.bad_images, BAD_IMAGE_POLICIES)
-    _one_of("metric", cfg.metric, tuple(METRICS))
-    _one_of("model.name", cfg.model.name, tuple(name for name, _ in list_models()))
-    _one_of("dataset.name", cfg.dataset.name, tuple(name for name, _ in list_datasets()))
+    task = check_task(cfg)
+    _one_of("metric", cfg.metric, TASK_METRICS[task])
     get_norm_spec(cfg.norm.name)  # unknown norm -> UserError listing the norms
 
     accelerator = resolve_accelerator(cfg)
@@ -110,6 +108,45 @@ def validate(cfg: Config) -> None:
             f"(allowed devices: {', '.join(map(str, allowed))})"
         )
     check_augment_options(cfg.dataset.name, cfg.dataset.color_jitter, cfg.dataset.lighting)
+    if task == "detection":
+        _check_detection(cfg)
+    else:
+        _check_classification(cfg)
+
+
+def check_task(cfg: Config) -> str:
+    """The cell's task, which its model implies; a dataset of another task (or an unknown model
+    or dataset) is refused in one line naming what is allowed."""
+    from normbench.data import dataset_task, list_datasets, list_detection_datasets
+    from normbench.models import list_detection_models, list_models, model_task
+
+    models = {"classification": list_models(), "detection": list_detection_models()}
+    datasets = {"classification": list_datasets(), "detection": list_detection_datasets()}
+    every_model = tuple(name for found in models.values() for name, _ in found)
+    _one_of("model.name", cfg.model.name, every_model)
+    _one_of("dataset.name", cfg.dataset.name, tuple(n for f in datasets.values() for n, _ in f))
+    task, data_task = model_task(cfg.model.name), dataset_task(cfg.dataset.name)
+    if task != data_task:
+        allowed = ", ".join(name for name, _ in datasets[task])
+        raise UserError(
+            f"model={cfg.model.name} is a {task} model and dataset={cfg.dataset.name} a "
+            f"{data_task} dataset (allowed datasets for {task}: {allowed})"
+        )
+    return task
+
+
+def _check_classification(cfg: Config) -> None:
+    from normbench.data import check_dataset
+    from normbench.models import build_model
+
+    detection_only = {
+        "model.pretrained": cfg.model.pretrained,
+        "dataset.items": cfg.dataset.items,
+        "dataset.item_size": cfg.dataset.item_size,
+    }
+    for what, value in detection_only.items():
+        if value is not None:
+            raise UserError(f"{what}={value} is a detection option: set it to null here")
     check_dataset(cfg.dataset.name, cfg.dataset.root, download=cfg.dataset.download)
     # Building the network on the meta device checks every norm option against every layer
     # (e.g. groups that do not divide a width) without allocating memory.
@@ -124,3 +161,27 @@ def validate(cfg: Config) -> None:
             width=cfg.model.width,
             norm_options=cfg.norm.options(),
         )
+
+
+def _check_detection(cfg: Config) -> None:
+    """A detection cell's data (the scenes are written here, once, before any worker starts),
+    its pretrained checkpoint and its detector with the cell's norm options."""
+    from normbench.data.detection import check_detection_dataset
+    from normbench.models import pretrained_checkpoint
+    from normbench.train.detect import build_cell_detector
+
+    if cfg.model.ws:
+        raise UserError("model.ws=true is not supported by the detectors (allowed: false)")
+    if cfg.dataset.name != "fashion_scenes":
+        for what, value in (("items", cfg.dataset.items), ("item_size", cfg.dataset.item_size)):
+            if value is not None:
+                raise UserError(
+                    f"dataset.{what}={value} is a fashion_scenes option: set it to null for "
+                    f"dataset={cfg.dataset.name}"
+                )
+    if cfg.model.pretrained is not None:
+        pretrained_checkpoint(cfg.model.pretrained)
+    check_detection_dataset(cfg.dataset)
+    # On the meta device, as for classifiers: every norm option against every layer.
+    with torch.device("meta"):
+        build_cell_detector(cfg, num_classes=1, in_channels=1)

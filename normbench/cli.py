@@ -182,24 +182,38 @@ def _cmd_norms(args: list[str]) -> int:
     return 0
 
 
-def _cmd_models(args: list[str]) -> int:
-    from normbench.models import list_models
+def _print_by_task(entries: dict[str, list[tuple[str, str]]], width: int) -> None:
+    """Each task's (name, description) entries under a heading, blank lines between tasks."""
+    for task, found in entries.items():
+        if task != next(iter(entries)):
+            print()
+        print(f"{task}:")
+        for name, description in found:
+            print(f"  {name:{width}s} {description}")
 
-    for name, description in list_models():
-        print(f"{name:10s} {description}")
+
+def _cmd_models(args: list[str]) -> int:
+    """Classifiers, then detectors: a model's name says the cell's task."""
+    from normbench.models import list_detection_models, list_models
+
+    _print_by_task(
+        {"classification": list_models(), "detection (dataset=fashion_scenes or coco)":
+         list_detection_models()}, width=16,
+    )  # fmt: skip
     return 0
 
 
 def _cmd_datasets(args: list[str]) -> int:
-    from normbench.data import list_datasets
+    from normbench.data import list_datasets, list_detection_datasets
 
-    for name, description in list_datasets():
-        print(f"{name:14s} {description}")
+    _print_by_task(
+        {"classification": list_datasets(), "detection": list_detection_datasets()}, width=14
+    )
     return 0
 
 
 def _cmd_worker(args: list[str]) -> int:
-    from normbench.train.loop import run_worker
+    from normbench.train.worker import run_worker
 
     if len(args) != 1 or not RunDir(Path(args[0])).config.exists():
         raise UserError(f"usage: normbench worker <run_dir> (a directory holding {CONFIG})")

@@ -37,10 +37,13 @@ BAD_IMAGE_POLICIES = ("fail", "skip")
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
+    name: str = MISSING  # a classifier or a detector: the model's name says the task
     width: int | None = None  # base width of CIFAR-style ResNets; None: the model's own
     ws: bool = False  # weight standardization on every conv; combines with any norm
     zero_init_last_norm: bool = True  # gamma = 0 for the last norm of each residual block
+    # Detectors: the backbone's starting weights, a classification run directory (its
+    # checkpoint.pt) or a checkpoint file of one; None: from scratch (random weights).
+    pretrained: str | None = None
 
 
 @dataclass
@@ -109,6 +112,10 @@ class DatasetConfig:
     # and the alpha std of AlexNet's PCA lighting noise.
     color_jitter: float = 0.0
     lighting: float = 0.0
+    # The detection scenes' generation (dataset=fashion_scenes; None elsewhere): [fewest, most]
+    # items drawn per scene and [smallest, largest] item side in pixels.
+    items: list[int] | None = None
+    item_size: list[int] | None = None
 
 
 @dataclass
@@ -127,6 +134,9 @@ class OptimConfig:
     milestones: list[float] = field(default_factory=lambda: [0.4, 0.667])
     decay: float = 0.1
     warmup_epochs: float = 0.0
+    # The lr factor warmup starts from, rising linearly to 1 (Detectron's detection recipe:
+    # 1/3); 0: one step's worth, 1/warmup steps (the classification recipes').
+    warmup_start: float = 0.0
     label_smoothing: float = 0.0
 
 
@@ -206,6 +216,19 @@ class Config:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
+    if not OmegaConf.has_resolver("pretraining_norm"):
+        OmegaConf.register_new_resolver("pretraining_norm", pretraining_norm)
+
+
+# The norm of the classification run a detector's backbone starts from, as in the paper:
+# BN-pretrained for BN* (frozen), BN and SyncBN; every other norm its own (GN: GN-pretrained).
+PRETRAINING_NORMS = {"frozen_bn": "bn", "syncbn": "bn"}
+
+
+def pretraining_norm(norm: str) -> str:
+    """The norm whose classification run pretrains a detector with norm ``norm``
+    (the ``${pretraining_norm:...}`` resolver of the detection experiments)."""
+    return PRETRAINING_NORMS.get(norm, norm)
 
 
 def as_config(cfg: DictConfig | Config) -> Config:

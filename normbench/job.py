@@ -83,7 +83,7 @@ def _record_failure(run: RunDir, cell: Cell, error: str) -> None:
 
 def _start_workers(run: RunDir, cfg: Config) -> None:
     from normbench.train.distributed import launch_workers
-    from normbench.train.loop import run_worker
+    from normbench.train.worker import run_worker
 
     devices = resolve_devices(cfg)
     if devices == 1 or _started_as_ranks() or "RANK" in os.environ:

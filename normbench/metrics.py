@@ -1,5 +1,6 @@
 """The numbers a cell is judged by: their names, labels and direction, and how each is computed
-from the cell's per-epoch validation errors.
+from the cell's per-epoch validation measurements (a classifier's val errors; a detector's COCO
+APs).
 
 One definition for the training loop (metrics.json), the report (its tables, and the metrics of
 a cell recorded without them) and W&B (each metric's summary), so the headline cannot differ
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 LAST_EPOCHS = 5  # the headline's median is over this many last epochs
@@ -61,3 +62,37 @@ def val_error_metrics(val_errors: Iterable[float]) -> dict[str, float]:
     """Every metric of :data:`VAL_ERRORS` from a cell's per-epoch val errors, in order."""
     kept = measured(val_errors)
     return {m.name: float(m.compute(kept)) if kept else math.nan for m in VAL_ERRORS}
+
+
+def _final(values: Sequence[float]) -> float:
+    return values[-1]
+
+
+# Detection (Mask R-CNN on COCO-format data): pycocotools' AP in percent, higher is better. The
+# paper reports the final model's, so each is the last epoch's measurement (the median of the
+# last 5 belongs to the classification protocol's per-epoch noise, not to a decayed detector).
+DETECTION = tuple(
+    Metric(name, f"{label} of the final model (COCO)", False, _final)
+    for name, label in (
+        ("box_ap", "box AP"),
+        ("box_ap50", "box AP50"),
+        ("box_ap75", "box AP75"),
+        ("mask_ap", "mask AP"),
+        ("mask_ap50", "mask AP50"),
+        ("mask_ap75", "mask AP75"),
+    )
+)
+DETECTION_NAMES = tuple(metric.name for metric in DETECTION)
+# Every metric of every task, by name: what `metric=` may say (each task allows its own).
+ALL_LABELS = {metric.name: metric.label for metric in (*VAL_ERRORS, *DETECTION)}
+TASK_METRICS = {"classification": NAMES, "detection": DETECTION_NAMES}
+
+
+def detection_metrics(history: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Every metric of :data:`DETECTION` from a detection cell's per-epoch history rows."""
+    rows = list(history)
+    result = {}
+    for metric in DETECTION:
+        kept = measured(row.get(metric.name, math.nan) for row in rows)
+        result[metric.name] = float(metric.compute(kept)) if kept else math.nan
+    return result

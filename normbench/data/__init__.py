@@ -9,6 +9,10 @@ Where files are: one rule for every dataset, :func:`dataset_dir`: dataset.root w
 <data root>/<dataset name>, the data root being $NORMBENCH_DATA, else the user's cache
 (:func:`data_root`). Downloads go there too. Fashion-MNIST also reads the Debian package's
 folder (see :mod:`normbench.data.fashion_mnist`).
+
+Detection datasets (:func:`list_detection_datasets`) are COCO-format folders, built by
+:mod:`normbench.data.detection`: real COCO 2017 (``coco``) and the CPU mini's scenes of
+Fashion-MNIST items (``fashion_scenes``).
 """
 
 from __future__ import annotations
@@ -291,9 +295,32 @@ def _in_memory_bundle(
     return DatasetBundle(train_ds, val_ds, num_classes, channels, size, collate)
 
 
+# ---- detection: the datasets' names (their builders: normbench.data.detection) ------------
+
+DETECTION_DATASETS = {
+    "fashion_scenes": "scenes of 1-4 Fashion-MNIST items with boxes and masks, grey, written in "
+    "COCO format from the dataset config's sizes (synthetic shapes without Fashion-MNIST)",
+    "coco": "COCO 2017 instances: root/annotations/instances_{train,val}2017.json, "
+    "root/{train,val}2017/ (pycocotools)",
+}
+
+
+def list_detection_datasets() -> list[tuple[str, str]]:
+    """(name, one-line description) of every detection dataset, sorted by name."""
+    return sorted(DETECTION_DATASETS.items())
+
+
+def dataset_task(name: str) -> str:
+    """The task dataset ``name`` serves: detection or classification (unknown: classification,
+    refused where the config is validated)."""
+    return "detection" if name in DETECTION_DATASETS else "classification"
+
+
 __all__ = [
     "DatasetBundle",
     "build_datasets",
+    "dataset_task",
+    "list_detection_datasets",
     "check_augment_options",
     "check_dataset",
     "check_sizes",

@@ -6,6 +6,10 @@
 Every model is built the same way: a :class:`~normbench.models.resnet.NormFactory` for the norm,
 the family's builder, the Group Normalization paper's initialisation, then weight
 standardization of every conv when ``ws`` is set.
+
+A model's name also says its task (:func:`model_task`): the classifiers here, and the detectors
+of :mod:`normbench.models.detection` (Mask R-CNN, built by its ``build_detector``), whose
+backbones start from a classification run's checkpoint (:func:`pretrained_checkpoint`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -27,7 +32,16 @@ from normbench.models.resnet import (
 )
 from normbench.norms.ws import convert_to_ws
 
-__all__ = ["build_model", "list_models"]
+__all__ = [
+    "TASKS",
+    "build_model",
+    "list_detection_models",
+    "list_models",
+    "model_task",
+    "pretrained_checkpoint",
+]
+
+TASKS = ("classification", "detection")
 
 # builder(factory, num_classes, in_channels, width) -> model
 Builder = Callable[[NormFactory, int, int, int | None], nn.Module]
@@ -109,3 +123,48 @@ def build_model(
     if ws:
         model = convert_to_ws(model)
     return model
+
+
+# ---- detection ---------------------------------------------------------------------------
+
+
+def list_detection_models() -> list[tuple[str, str]]:
+    """(name, one-line description) of every detector (normbench.models.detection)."""
+    from normbench.models.detection import list_detectors
+
+    return list_detectors()
+
+
+def model_task(name: str) -> str:
+    """The task model ``name`` is for, one of :data:`TASKS`: a detector's name says detection,
+    any other classification (an unknown name is refused where the config is validated)."""
+    if name in _MODELS:  # without importing the detectors (torchvision's detection code)
+        return "classification"
+    detectors = {detector for detector, _ in list_detection_models()}
+    return "detection" if name in detectors else "classification"
+
+
+def pretrained_checkpoint(path: str) -> Path:
+    """The checkpoint file that ``model.pretrained`` names: a classification run directory
+    (its checkpoint.pt, once the run has finished) or a checkpoint file. Raises UserError."""
+    from normbench.track.rundir import RunDir
+
+    given = Path(path)
+    allowed = (
+        "allowed: a classification run directory holding checkpoint.pt, a checkpoint file, or "
+        "null to train from scratch"
+    )
+    if given.is_file():
+        return given
+    if not given.is_dir():
+        raise UserError(f"model.pretrained={path} does not exist ({allowed})")
+    run = RunDir(given)
+    if not run.checkpoint.is_file():
+        raise UserError(f"model.pretrained={path} holds no {run.checkpoint.name} ({allowed})")
+    status = (run.read_metrics() or {}).get("status") or "running, or stopped"
+    if status != "finished":
+        raise UserError(
+            f"model.pretrained={path}: its run has not finished ({status}); finish it first "
+            "(rerun its command), or name a checkpoint file"
+        )
+    return run.checkpoint

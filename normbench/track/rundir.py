@@ -212,8 +212,11 @@ class RunDir:
             )
         return Cell.from_dict(record)
 
-    def write_history(self, rows: Sequence[dict[str, Any]]) -> None:
-        _write_csv(self.history, rows, HISTORY_COLUMNS)
+    def write_history(
+        self, rows: Sequence[dict[str, Any]], columns: Sequence[str] = HISTORY_COLUMNS
+    ) -> None:
+        """The per-epoch rows; ``columns``: a task's own (detection's AP metrics)."""
+        _write_csv(self.history, rows, columns)
 
     def write_steps(self, rows: Sequence[dict[str, Any]]) -> None:
         _write_csv(self.steps, rows, STEP_COLUMNS)

@@ -12,7 +12,6 @@ import logging
 import resource
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from normbench.config import (
     learning_rate,
     total_batch,
 )
-from normbench.data import build_datasets
+from normbench.data import DatasetBundle, build_datasets
 from normbench.errors import UserError
 from normbench.logs import EpochProgress
 from normbench.metrics import val_error_metrics
@@ -41,17 +40,13 @@ from normbench.norms import (
     set_emulated_gpus,
     sync_running_stats,
 )
-from normbench.track.environment import run_record
-from normbench.track.rundir import RunDir
-from normbench.track.tracker import open_tracker
+from normbench.track.rundir import HISTORY_COLUMNS, RunDir
 from normbench.train.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from normbench.train.diagnostics import bn_diagnostics, has_per_gpu_statistics
 from normbench.train.distributed import (
     DistEnv,
     all_reduce_sum,
-    close_process,
     first_step_over_ranks,
-    init_process,
 )
 from normbench.train.loader import build_loaders, steps_per_epoch, to_device
 from normbench.train.preempt import PreemptionGuard
@@ -91,16 +86,15 @@ class EpochSums:
     world_size: int
     images: int = 0  # over all ranks
 
-    def add(
-        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, step: int
-    ) -> None:
+    def add(self, loss: torch.Tensor, errors: torch.Tensor, count: int, step: int) -> None:
+        """One step: its mean loss over `count` images, of which `errors` were misclassified."""
         loss = loss.detach().float()
         bad = ~torch.isfinite(loss) & (self.first_bad < 0)
         self.first_bad = torch.where(bad, step, self.first_bad)
-        n = loss.new_tensor(labels.numel())
-        self.sums += torch.stack([loss * n, (logits.detach().argmax(1) != labels).sum(), n])
+        n = loss.new_tensor(count)
+        self.sums += torch.stack([loss * n, errors.to(n.dtype), n])
         self.window += torch.stack([loss * n, n])
-        self.images += labels.numel() * self.world_size
+        self.images += count * self.world_size
 
 
 def load_config(run: RunDir) -> Config:
@@ -178,7 +172,18 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 class Trainer:
-    """State of one worker's training run. `run()` is the whole loop."""
+    """State of one worker's training run. `run()` is the whole loop.
+
+    What is the task's own (classification here) sits in five hooks that a task's trainer
+    overrides (normbench.train.detect.DetectTrainer): :meth:`build_data`, :meth:`build_model`,
+    :meth:`train_loss` (one step's forward), :meth:`evaluate` (the val columns of an epoch's
+    history row) and :meth:`results` (the cell's metrics); the rest (emulated GPUs, DDP,
+    checkpoints, resume, preemption, divergence, logging) is shared.
+    """
+
+    # The columns of history.csv; whether an epoch's row has a train error (a classifier's).
+    history_columns: tuple[str, ...] = HISTORY_COLUMNS
+    has_train_error = True
 
     def __init__(self, run_dir: RunDir, cfg: Config, env: DistEnv) -> None:
         self.run_dir, self.cfg, self.env = run_dir, cfg, env
@@ -186,13 +191,7 @@ class Trainer:
         self.lr = learning_rate(cfg)
         _seed_everything(cfg.seed, cfg.deterministic)
 
-        self.data = build_datasets(
-            cfg.dataset.name, cfg.dataset.root, seed=cfg.seed, image_size=cfg.dataset.image_size,
-            train_size=cfg.dataset.train_size, val_size=cfg.dataset.val_size,
-            augment=cfg.dataset.augment, download=cfg.dataset.download,
-            bad_images=cfg.dataset.bad_images, color_jitter=cfg.dataset.color_jitter,
-            lighting=cfg.dataset.lighting, skipped_file=run_dir.skipped,
-        )  # fmt: skip
+        self.data = self.build_data()
         self.train_loader, self.val_loader, self.sampler = build_loaders(
             self.data, batch_per_rank=cfg.batch * self.chunks, world_size=env.world_size,
             rank=env.rank, seed=cfg.seed, workers=cfg.dataset.workers,
@@ -205,13 +204,7 @@ class Trainer:
                 "training images: lower batch or gpus, or use more data"
             )
 
-        model = build_model(
-            cfg.model.name, norm=cfg.norm.name, num_classes=self.data.num_classes,
-            in_channels=self.data.in_channels, ws=cfg.model.ws,
-            zero_init_last_norm=cfg.model.zero_init_last_norm, width=cfg.model.width,
-            norm_options=cfg.norm.options(),
-        )  # fmt: skip
-        set_emulated_gpus(model, self.chunks)
+        model = self.build_model()
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(env.device, memory_format=memory_format)
         self.optimizer = build_optimizer(self.model, cfg, self.lr)
@@ -224,6 +217,56 @@ class Trainer:
         self.bar = EpochProgress(cfg.progress and env.is_main)
         self._resume()
         self.net = self._wrap_ddp(self.model)
+
+    # ---- the task's hooks (classification) ----------------------------------------------
+
+    def build_data(self) -> DatasetBundle:
+        cfg = self.cfg
+        return build_datasets(
+            cfg.dataset.name, cfg.dataset.root, seed=cfg.seed, image_size=cfg.dataset.image_size,
+            train_size=cfg.dataset.train_size, val_size=cfg.dataset.val_size,
+            augment=cfg.dataset.augment, download=cfg.dataset.download,
+            bad_images=cfg.dataset.bad_images, color_jitter=cfg.dataset.color_jitter,
+            lighting=cfg.dataset.lighting, skipped_file=self.run_dir.skipped,
+        )  # fmt: skip
+
+    def build_model(self) -> nn.Module:
+        """The network, its per-GPU norms told how many GPUs this process emulates (each
+        computes statistics over every chunk of `batch` samples of one forward)."""
+        cfg = self.cfg
+        model = build_model(
+            cfg.model.name, norm=cfg.norm.name, num_classes=self.data.num_classes,
+            in_channels=self.data.in_channels, ws=cfg.model.ws,
+            zero_init_last_norm=cfg.model.zero_init_last_norm, width=cfg.model.width,
+            norm_options=cfg.norm.options(),
+        )  # fmt: skip
+        set_emulated_gpus(model, self.chunks)
+        return model
+
+    def train_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One step's forward: (mean loss, misclassified images, images) on this rank."""
+        cfg = self.cfg
+        x, y = to_device(batch, self.env.device, cfg.channels_last)
+        with _autocast(cfg, self.env.device):
+            logits = self.net(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.optim.label_smoothing)
+        return loss, (logits.detach().argmax(1) != y).sum(), y.numel()
+
+    def evaluate(self) -> dict[str, float]:
+        """The val columns of an epoch's history row."""
+        val_loss, val_error = evaluate(self.model, self.val_loader, self.cfg, self.env)
+        return {"val_loss": val_loss, "val_error": val_error}
+
+    def epoch_summary(self, row: dict[str, Any]) -> str:
+        """An epoch's numbers in its log line."""
+        return (
+            f"train loss {row['train_loss']:.4f}  train err {row['train_error']:.2f}%  "
+            f"val err {row['val_error']:.2f}%"
+        )
+
+    def results(self) -> dict[str, Any]:
+        """The cell's metrics (metrics.json) once every epoch is done."""
+        return {**summarize(self.progress.history), **self.diagnose()}
 
     # ---- set-up helpers --------------------------------------------------------------------
 
@@ -278,13 +321,10 @@ class Trainer:
 
     def train_epoch(self, tracker, guard: PreemptionGuard) -> dict[str, float]:
         """One epoch, or the rest of one after a mid-epoch resume."""
-        cfg, env, p = self.cfg, self.env, self.progress
+        p = self.progress
         sums = self._begin_epoch()
         for batch in self.train_loader:
-            x, y = to_device(batch, env.device, cfg.channels_last)
-            with _autocast(cfg, env.device):
-                logits = self.net(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.optim.label_smoothing)
+            loss, errors, count = self.train_loss(batch)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -293,7 +333,7 @@ class Trainer:
             self.scheduler.step()
             p.step += 1
             p.batch_in_epoch += 1
-            sums.add(loss, logits, y, p.step)
+            sums.add(loss, errors, count, p.step)
             last_batch = p.batch_in_epoch == self.steps_per_epoch
             self._after_step(sums, lr, last_batch, tracker, guard)
             if last_batch:
@@ -415,14 +455,12 @@ class Trainer:
             finally:
                 self.bar.stop()
             sync_running_stats(self.model)
-            val_loss, val_error = evaluate(self.model, self.val_loader, cfg, env)
             row = {
                 "epoch": p.epoch + 1,
                 "step": p.step,
                 "train_loss": train["train_loss"],
-                "train_error": train["train_error"],
-                "val_loss": val_loss,
-                "val_error": val_error,
+                **({"train_error": train["train_error"]} if self.has_train_error else {}),
+                **self.evaluate(),
                 "lr": p.last_lr,
                 "images_per_s": train["images"] / max(p.train_time - time_before, 1e-9),
                 "peak_mem_mb": peak_memory_mb(env.device),
@@ -434,17 +472,15 @@ class Trainer:
             tracker.log({f"epoch/{k}": v for k, v in row.items()}, step=p.step)
             if env.is_main:
                 log.info(
-                    "epoch %d/%d  train loss %.4f  train err %.2f%%  val err %.2f%%  "
-                    "lr %.4g  %.0f img/s",
-                    row["epoch"], cfg.epochs, row["train_loss"], row["train_error"],
-                    row["val_error"], row["lr"], row["images_per_s"],
+                    "epoch %d/%d  %s  lr %.4g  %.0f img/s", row["epoch"], cfg.epochs,
+                    self.epoch_summary(row), row["lr"], row["images_per_s"],
                 )  # fmt: skip
-                self.run_dir.write_history(p.history)
+                self.run_dir.write_history(p.history, self.history_columns)
                 self.run_dir.write_steps(p.steps)
             self.save()
             if self._preempted(guard):
                 self._exit_preempted(guard)
-        return {**summarize(p.history), **self.diagnose()}
+        return self.results()
 
     def diagnose(self) -> dict[str, Any]:
         """Val error of the final network under every BN evaluation mode (cells with per-GPU
@@ -475,49 +511,3 @@ class Trainer:
             "diagnostics_images": steps * total_batch(cfg),
             "diagnostics_time_s": seconds,
         }
-
-
-def run_worker(run_dir: str | Path) -> None:
-    """Entry point of every worker process (torchrun, srun, or in-process): train one cell."""
-    from normbench.logs import cell_label, in_sweep, setup_logging
-
-    run = RunDir(Path(run_dir))
-    cfg = load_config(run)
-    cell = run.cell()
-    env = init_process(cfg)
-    if env.device.type == "cpu":
-        torch.set_num_threads(cfg.cpu_threads)
-    label = cell_label(cell) if in_sweep() else None  # in a sweep, other cells share the console
-    setup_logging(run.log if env.is_main else None, rank=env.rank, cell=label)
-    started = time.time()
-    tracker = None
-    outcome: dict[str, Any] = {"status": "failed", "error": None, "diverged_at_step": None}
-    try:
-        trainer = Trainer(run, cfg, env)
-        tracker = open_tracker(
-            cfg.logger.kind, run.path, OmegaConf.to_container(OmegaConf.structured(cfg)),
-            cell=cell, rank=env.rank, logger_config=cfg.logger,
-        )  # fmt: skip
-        if env.is_main:
-            log.info(
-                "cell %s: %s + %s on %s | batch/GPU %d x %d GPUs = total %d | %d process(es) x "
-                "%d emulated GPU(s) | lr %.4g | norm options %s | BN eval stats: %s",
-                cell.name, cfg.model.name, cfg.norm.name, cfg.dataset.name, cfg.batch,
-                cfg.gpus, total_batch(cfg), env.world_size, trainer.chunks, trainer.lr,
-                cfg.norm.options() or "default", trainer.bn_eval_stats,
-            )  # fmt: skip
-        with PreemptionGuard() as guard:
-            try:
-                outcome = {**outcome, **trainer.run(tracker, guard), "status": "finished"}
-            except Diverged as e:
-                log.warning("cell %s diverged: %s", cell.name, e)
-                outcome.update(status="diverged", diverged_at_step=e.step, error=str(e))
-        if env.is_main:
-            metrics = {**run_record(cfg, cell, run, env, trainer), **outcome}
-            metrics["wall_time_s"] = time.time() - started
-            run.write_metrics(metrics)
-            tracker.summary({k: v for k, v in metrics.items() if k.startswith("val_error")})
-    finally:
-        if tracker is not None:
-            tracker.finish(0 if outcome["status"] != "failed" else 1)
-        close_process()

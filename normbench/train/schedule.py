@@ -18,8 +18,10 @@ def lr_factor(step: int, *, steps_per_epoch: int, epochs: int, optim: OptimConfi
     total = steps_per_epoch * epochs
     warmup = round(optim.warmup_epochs * steps_per_epoch)
     if step < warmup:
-        # Warmup ends exactly at the peak; it starts at one step's worth, never at 0.
-        return (step + 1) / warmup
+        # Warmup ends exactly at the peak; it starts at one step's worth above warmup_start
+        # (0 by default), never at 0.
+        start = optim.warmup_start
+        return start + (1.0 - start) * (step + 1) / warmup
     if optim.schedule == "cosine":
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
