@@ -6,8 +6,10 @@
 Writes report.md, cells.csv, per layout <key>_ours.csv / <key>_paper.csv / <key>_delta.csv,
 paired_<key>.csv (the paper's claims as paired differences over seeds, :mod:`.stats`),
 error_vs_<key>.png, curves/<cell>.png, and for a sweep of many norms over batch sizes the zoo
-figures of :mod:`normbench.report.zoo`. A folder that holds a committed report's cells.csv
-instead of run directories (results/<name>/) is reported from that file. Run directories are
+figures of :mod:`normbench.report.zoo`. A folder of detection cells gets the detection table
+instead (:mod:`normbench.report.detection`: the paper's COCO layout beside its numbers, paired
+differences, the AP plot). A folder that holds a committed report's cells.csv instead of run
+directories (results/<name>/) is reported from that file. Run directories are
 only read; every output file is written to a temporary name and renamed into place, so a crash
 never leaves half a file.
 """
@@ -21,9 +23,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from normbench.errors import UserError
+from normbench.metrics import DETECTION_NAMES
 from normbench.report import diagnostics, stats
 from normbench.report.collect import collect_runs, read_history
 from normbench.report.committed import REFERENCE_DIR, Reference, load_reference, read_sweep
+from normbench.report.detection import (
+    PLOT_FILE,
+    DetectionTable,
+    build_detection_table,
+    detection_markdown,
+    paper_text,
+    write_detection,
+)
 from normbench.report.plots import figure_png, plot_sweep, plot_training_curves
 from normbench.report.tables import (
     DEFAULT_METRIC,
@@ -82,6 +94,8 @@ class Report:
     claims: dict[str, list[stats.Paired]] = field(default_factory=dict)
     # The committed converged result in the same layouts; None where there is none to show.
     reference: Reference | None = None
+    # A folder of detection cells: its table (``tables`` is then empty).
+    detection: DetectionTable | None = None
 
     @property
     def unfinished(self) -> list[str]:
@@ -210,24 +224,48 @@ def _machine_lines(cells: pd.DataFrame) -> list[str]:
     return lines
 
 
-def render_markdown(report: Report, images: dict[str, str], curves: dict[str, str]) -> str:
-    """The Markdown report; ``images`` maps a table key and ``curves`` a cell to a PNG path."""
+def _markdown_head(report: Report) -> list[str]:
+    """The title and the cells' status: every report's first lines."""
     cells = report.cells
-    out = [
+    return [
         f"# normbench report: {report.experiment}{_data_note(cells)}",
         "",
         f"Sweep folder: `{report.sweep_dir}`, {len(cells)} cells ({_status_line(cells)}).",
         *(f"{line[0].upper()}{line[1:]}." for line in _skipped_line(cells)),
+    ]
+
+
+def _markdown_problems(cells: pd.DataFrame) -> list[str]:
+    problems = _problem_lines(cells)
+    if not problems:
+        return []
+    return ["## Cells that did not finish", "", *(f"- `{p}`" for p in problems), ""]
+
+
+def _markdown_tail(report: Report) -> list[str]:
+    """The commands, the machines and the versions: every report's last sections."""
+    out = ["## Commands", "", "```"] + (report.commands or ["(none recorded)"]) + ["```", ""]
+    return out + [
+        "## Machine and versions",
+        "",
+        *(_machine_lines(report.cells) or ["(none recorded)"]),
+        "",
+    ]
+
+
+def render_markdown(report: Report, images: dict[str, str], curves: dict[str, str]) -> str:
+    """The Markdown report; ``images`` maps a table key and ``curves`` a cell to a PNG path."""
+    cells = report.cells
+    out = [
+        *_markdown_head(report),
         f"Metric: `{report.metric}` ({METRICS[report.metric]}), top-1 error in percent; "
         "several seeds read `mean +- std (n=seeds)` with the sample std; "
         "cells that did not finish read `diverged`, `failed` or `running`.",
         "",
         f"> {COMPARABILITY_NOTE}",
         "",
+        *_markdown_problems(cells),
     ]
-    problems = _problem_lines(cells)
-    if problems:
-        out += ["## Cells that did not finish", "", *(f"- `{p}`" for p in problems), ""]
     for line in stats.penalty_lines(report.claims.get("batch", [])):
         out += [f"{line}.", ""]
     out += _diagnostics_markdown(report, images)
@@ -247,9 +285,15 @@ def render_markdown(report: Report, images: dict[str, str], curves: dict[str, st
     if curves:
         out += ["## Training curves", ""]
         out += [f"![{cell}]({path})" for cell, path in curves.items()] + [""]
-    out += ["## Commands", "", "```"] + (report.commands or ["(none recorded)"]) + ["```", ""]
-    out += ["## Machine and versions", "", *(_machine_lines(cells) or ["(none recorded)"]), ""]
-    return "\n".join(out)
+    return "\n".join(out + _markdown_tail(report))
+
+
+def render_detection_markdown(report: Report) -> str:
+    """The Markdown report of a folder of detection cells."""
+    assert report.detection is not None
+    out = [*_markdown_head(report), "", *_markdown_problems(report.cells)]
+    out += [detection_markdown(report.detection, image=PLOT_FILE), ""]
+    return "\n".join(out + _markdown_tail(report))
 
 
 def _diagnostics_markdown(report: Report, images: dict[str, str]) -> list[str]:
@@ -284,6 +328,8 @@ def format_report(report: Report) -> str:
         *_skipped_line(cells),
         *_problem_lines(cells),
     ]
+    if report.detection is not None:
+        lines += _detection_text(report.detection)
     lines += stats.penalty_lines(report.claims.get("batch", []))
     if report.diagnostics is not None:
         frame = diagnostics.display_frame(*report.diagnostics).rename_axis(columns="images per GPU")
@@ -305,6 +351,51 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _detection_text(table: DetectionTable) -> list[str]:
+    """The detection table, the paper's and the paired differences, for the terminal."""
+    lines = ["", "Mask R-CNN box and mask AP (%), ours:", table.display.to_string(na_rep="")]
+    lines += ["", "paper:", paper_text(table).to_string(na_rep="")]
+    if table.claims:
+        lines += ["", f"Paired differences over seeds ({round(100 * stats.LEVEL)}% t-interval):",
+                  stats.display_frame(table.claims).to_string()]  # fmt: skip
+    return [*lines, ""]
+
+
+def build_detection_report(
+    sweep_dir: Path, out_dir: Path, cells: pd.DataFrame, metric: str | None
+) -> Report:
+    """The report of a folder of detection cells (see build_report): cells.csv, the detection
+    table's files (normbench.report.detection) and report.md."""
+    if metric is not None and metric not in DETECTION_NAMES:
+        raise UserError(
+            f"metric={metric} is not a detection metric (allowed: {', '.join(DETECTION_NAMES)})"
+        )
+    others = cells.loc[~cells["metric"].isin(DETECTION_NAMES), "cell"].tolist()
+    if others:
+        raise UserError(
+            f"{sweep_dir} holds classification cells ({others[0]}) beside detection cells: "
+            "report each experiment's folder on its own"
+        )
+    table = build_detection_table(cells)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [write_atomic(out_dir / "cells.csv", cells.to_csv(index=False).encode())]
+    paths += write_detection(table, out_dir)
+    report = Report(
+        experiment=_experiment_name(cells, sweep_dir),
+        sweep_dir=sweep_dir,
+        out_dir=out_dir,
+        metric=metric or DETECTION_NAMES[0],
+        cells=cells,
+        tables=[],
+        commands=_commands(cells),
+        paths=paths,
+        detection=table,
+    )
+    markdown = render_detection_markdown(report).encode()
+    report.paths.append(write_atomic(out_dir / "report.md", markdown))
+    return report
+
+
 def build_report(
     sweep_dir: Path,
     out_dir: Path | None = None,
@@ -318,11 +409,15 @@ def build_report(
     else the median of the last 5 epochs. ``reference_dir`` is the committed converged result
     shown beside tables of the same dataset (see :mod:`.committed`).
     """
-    if metric is not None:
+    if metric is not None and metric not in DETECTION_NAMES:
         check_metric(metric)
     sweep_dir = Path(sweep_dir)
     out_dir = Path(out_dir) if out_dir is not None else sweep_dir / "report"
     cells = read_sweep(sweep_dir, exclude=[out_dir])
+    if "pretrained" in cells.columns:  # collected only from detection cells
+        return build_detection_report(sweep_dir, out_dir, cells, metric)
+    if metric is not None:
+        check_metric(metric)  # a detection metric, for classification cells
     if metric is None:
         configured = cells["metric"].dropna().unique()
         metric = str(configured[0]) if len(configured) == 1 else DEFAULT_METRIC

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from normbench.errors import UserError
-from normbench.metrics import NAMES, val_error_metrics
+from normbench.metrics import DETECTION_NAMES, NAMES, val_error_metrics
 from normbench.track.rundir import CELL_FILES, RunDir, Status
 
 ERROR_FIELDS = NAMES  # the val errors of normbench.metrics
@@ -40,6 +40,10 @@ CELL_COLUMNS = [
     "host", "git_commit",
     "versions", "finished_at", "path",
 ]  # fmt: skip
+# A detection cell's own columns: its COCO APs (normbench.metrics.DETECTION) and where its
+# backbone started (None: from scratch). Collected only from a folder of detection cells, so a
+# classification report's cells.csv keeps its columns.
+DETECTION_COLUMNS = [*DETECTION_NAMES, "pretrained"]
 INT_COLUMNS = [
     "groups", "group_size", "batch", "gpus", "total_batch", "devices", "seed", "epochs",
     "epochs_done", "steps", "skipped_images", "diverged_at_step",
@@ -71,9 +75,9 @@ CONFIG_SETTINGS = ("epochs", "devices", "metric")
 
 
 def read_cell(cell_dir: Path) -> dict[str, Any]:
-    """One record (CELL_COLUMNS) describing a cell directory."""
+    """One record (CELL_COLUMNS, then DETECTION_COLUMNS) describing a cell directory."""
     run = RunDir(Path(cell_dir))
-    record: dict[str, Any] = dict.fromkeys(CELL_COLUMNS)
+    record: dict[str, Any] = dict.fromkeys([*CELL_COLUMNS, *DETECTION_COLUMNS])
     config = run.read_config() or {}
     metrics = run.read_metrics()
     # metrics.json holds the cell's fields beside its results (and the run's devices and
@@ -84,13 +88,16 @@ def read_cell(cell_dir: Path) -> dict[str, Any]:
     for column in ("overrides", "versions"):
         if isinstance(record[column], dict):
             record[column] = json.dumps(record[column], sort_keys=True)
+    if metrics is None:  # a detection cell's backbone, before metrics.json records it
+        record["pretrained"] = (config.get("model") or {}).get("pretrained")
     history = read_history(run.path)
     status = Status.UNFINISHED if metrics is None else metrics["status"]
     record["status"] = status.value
     record["epochs_done"] = 0 if history is None else len(history)
     missing = [f for f in ERROR_FIELDS if record[f] is None]
+    is_classifier = not is_detection_record(record)
     # The stored fields are what we report; history only fills a field an older run lacks.
-    if status is Status.FINISHED and missing and history is not None:
+    if status is Status.FINISHED and missing and history is not None and is_classifier:
         computed = val_error_metrics(history["val_error"])
         record.update({field: computed[field] for field in missing})
     record["path"] = str(run.path)
@@ -116,16 +123,26 @@ def find_cells(sweep_dir: Path, exclude: Iterable[Path] = ()) -> list[Path]:
 
 
 def collect_runs(sweep_dir: Path, exclude: Iterable[Path] = ()) -> pd.DataFrame:
-    """One row per cell of a sweep folder (columns CELL_COLUMNS), in natural cell-name order."""
+    """One row per cell of a sweep folder (columns CELL_COLUMNS, then DETECTION_COLUMNS where
+    the folder holds detection cells), in natural cell-name order."""
     cells = find_cells(sweep_dir, exclude)
     if not cells:
         raise UserError(
             f"no run directories in '{sweep_dir}' "
             f"(expected <cell>/ folders holding {' or '.join(CELL_FILES)})"
         )
-    frame = pd.DataFrame.from_records([read_cell(c) for c in cells], columns=CELL_COLUMNS)
+    records = [read_cell(c) for c in cells]
+    detection = any(is_detection_record(record) for record in records)
+    columns = CELL_COLUMNS + (DETECTION_COLUMNS if detection else [])
+    frame = pd.DataFrame.from_records(records, columns=columns)
     for column in INT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column]).astype("Int64")
-    for column in FLOAT_COLUMNS:
+    for column in FLOAT_COLUMNS + (list(DETECTION_NAMES) if detection else []):
         frame[column] = pd.to_numeric(frame[column]).astype(float)
     return frame
+
+
+def is_detection_record(record: dict[str, Any]) -> bool:
+    """Whether a cell's record is a detection cell's: its metric is a detection metric (the
+    detectors' configs say box_ap; validation allows each task only its own metrics)."""
+    return record.get("metric") in DETECTION_NAMES

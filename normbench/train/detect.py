@@ -30,6 +30,7 @@ from normbench.config import Config
 from normbench.data.detection import DetectionBundle, build_detection_datasets
 from normbench.metrics import DETECTION_NAMES, detection_metrics
 from normbench.models import pretrained_checkpoint
+from normbench.norms import set_emulated_gpus
 from normbench.train.coco_eval import CocoEvaluator
 from normbench.train.loop import Trainer, _autocast
 
@@ -95,6 +96,9 @@ class DetectTrainer(Trainer):
         model = build_cell_detector(cfg, self.data.num_classes, self.data.in_channels)
         if cfg.model.pretrained is not None:
             load_pretrained(model, cfg.model.pretrained)
+        # emulated_forward runs one forward per emulated GPU; the norms combine the GPUs'
+        # moving averages for evaluation as in classification.
+        set_emulated_gpus(model, self.chunks)
         return model
 
     def train_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
