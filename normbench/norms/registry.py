@@ -21,6 +21,7 @@ from normbench.errors import UserError
 from normbench.norms.batch import EVAL_STATS, BatchNorm2d, SyncBatchNorm2d
 from normbench.norms.evonorm import EvoNormB0, EvoNormS0
 from normbench.norms.frn import LEARNED_EPS_INIT, FilterResponseNorm2d, frn_activation
+from normbench.norms.frozen import frozen_batch_norm
 from normbench.norms.group import GroupNorm, InstanceNorm2d, LayerNorm2d
 from normbench.norms.renorm import BatchRenorm2d
 from normbench.norms.whitening import RUNNING_ESTIMATES, DecorrelatedBatchNorm2d, IterNorm2d
@@ -185,6 +186,15 @@ _SPECS = {
             description="Batch Renormalization (Ioffe 2017): BN pulled toward the moving "
             "statistics by clipped r, d; BN at inference",
             batch_dependent=True,
+            replaces_activation=False,
+        ),
+        _spec(
+            "frozen_bn",
+            frozen_batch_norm,
+            {"eps": "added to the running variance"},
+            description="frozen Batch Norm (the paper's BN*): a BN checkpoint's statistics and "
+            "affine as a fixed per-channel affine, nothing trained (from random init: identity)",
+            batch_dependent=False,
             replaces_activation=False,
         ),
         _spec(
