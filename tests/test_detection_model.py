@@ -149,6 +149,24 @@ def test_the_papers_model_puts_its_norms_in_the_same_places(norm):
     assert model.transform.min_size == (800,) and model.transform.max_size == 1333
 
 
+def test_the_mini_neither_resizes_nor_pads_its_scenes_and_normalizes_like_fashion_mnist():
+    from normbench.data.fashion_mnist import MEAN, STD
+
+    model = build_detector("maskrcnn_mini", "bn", CLASSES, 1).eval()  # 64 px by default
+    image = torch.rand(1, 64, 64)
+    batch, _ = model.transform([image])
+    assert torch.equal(batch.tensors[0], (image - MEAN[0]) / STD[0])
+
+
+def test_the_papers_model_takes_an_image_size_and_refuses_a_width():
+    with torch.device("meta"):
+        model = build_detector("maskrcnn_r50_fpn", "gn", image_size=128, in_channels=1)
+        with pytest.raises(UserError, match="width=16 is not supported \\(ResNet-50 has fixed"):
+            build_detector("maskrcnn_r50_fpn", "gn", width=16)
+    assert (model.transform.min_size, model.transform.max_size) == ((128,), 128)
+    assert model.backbone.body.conv1.in_channels == 1 and len(model.transform.image_mean) == 1
+
+
 def test_norms_that_replace_the_activation_take_the_heads_relu_slot():
     box_head = _detector("frn").roi_heads.box_head
     blocks = [m for m in box_head if isinstance(m, Conv2dNormActivation)]
@@ -409,35 +427,41 @@ def test_batch_renorm_is_refused_and_the_gpu_count_must_match_the_norms():
 # ----------------------------------------------------------------------------- real processes
 
 REAL_MODES = ("first", "average")
+PER_PROCESS = (1, 2)  # GPUs each of the two processes holds (emulates when more than one)
 
 
 def _real_gpu_worker(out_dir: str) -> None:
-    """One of two gloo processes, each one GPU with 1 image: train forward + backward, average
-    the gradients and losses as DDP does, combine the moving averages; rank 0 saves them."""
+    """One of two gloo processes under DDP, holding 1 or 2 GPUs of 1 image each: one training
+    forward + backward (DDP averages the gradients), the losses averaged over the processes,
+    the moving averages combined (sync_running_stats); rank 0 saves them."""
     import os
 
     import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        images, targets = _scenes(world)
         saved = {}
-        for mode in REAL_MODES:
-            model = _detector("bn", norm_options={"eval_stats": mode}, **EXACT)
-            losses = model(images[rank::world], targets[rank::world])
-            sum(losses.values()).backward()
-            values = torch.stack([losses[k] for k in sorted(LOSSES)]).detach()
-            dist.all_reduce(values)
-            for p in model.parameters():
-                dist.all_reduce(p.grad)
-            sync_running_stats(model)
-            saved[mode] = {
-                "losses": dict(zip(sorted(LOSSES), values / world, strict=True)),
-                "grads": {n: p.grad / world for n, p in model.named_parameters()},
-                "buffers": {n: b.clone() for n, b in model.named_buffers()},
-            }
+        for per_process in PER_PROCESS:
+            images, targets = _scenes(world * per_process)
+            for mode in REAL_MODES:
+                model = _detector("bn", norm_options={"eval_stats": mode}, **EXACT)
+                set_emulated_gpus(model, per_process)
+                net = DistributedDataParallel(model, broadcast_buffers=False)
+                # DistributedSampler's share: images rank, rank + world, ...
+                mine = images[rank::world], targets[rank::world]
+                losses = emulated_forward(net, *mine, per_process)
+                sum(losses.values()).backward()
+                values = torch.stack([losses[k] for k in sorted(LOSSES)]).detach()
+                dist.all_reduce(values)
+                sync_running_stats(model)
+                saved[per_process, mode] = {
+                    "losses": dict(zip(sorted(LOSSES), values / world, strict=True)),
+                    "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
+                    "buffers": {n: b.clone() for n, b in model.named_buffers()},
+                }
         if rank == 0:
             torch.save(saved, Path(out_dir, "real.pt"))
     finally:
@@ -445,26 +469,35 @@ def _real_gpu_worker(out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_real_processes_match_one_process_emulating_two_gpus(tmp_path):
+def test_two_real_processes_match_one_process_emulating_their_gpus(tmp_path):
+    """2 processes of 1 GPU (per-GPU BN over real ranks), and 2 processes emulating 2 GPUs each,
+    against one process emulating all their GPUs: the same losses, gradients and moving
+    averages (both modes)."""
     from normbench.train.distributed import launch_workers
 
     launch_workers(_real_gpu_worker, str(tmp_path), nprocs=2, run_id="test-detection-gpus")
     real = torch.load(tmp_path / "real.pt")
-    images, targets = _scenes(2)
-    for mode in REAL_MODES:
-        model = _detector("bn", norm_options={"eval_stats": mode}, **EXACT)
-        set_emulated_gpus(model, 2)
-        losses = emulated_forward(model, images, targets, 2)
-        sum(losses.values()).backward()
-        for key in LOSSES:
-            torch.testing.assert_close(losses[key], real[mode]["losses"][key], msg=key)
-        for name, p in model.named_parameters():
-            expected = real[mode]["grads"][name]
-            torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6, msg=name)
-        buffers = dict(model.named_buffers())
-        assert any(name.endswith("alt_running_var") for name in real[mode]["buffers"])
-        for name, value in real[mode]["buffers"].items():
-            if name.endswith("num_batches_tracked"):
-                assert buffers[name] == value == 1, name
-            else:
-                torch.testing.assert_close(buffers[name], value, msg=f"{mode}: {name}")
+    for per_process in PER_PROCESS:
+        gpus = 2 * per_process
+        images, targets = _scenes(gpus)
+        for mode in REAL_MODES:
+            theirs = real[per_process, mode]
+            case = f"{per_process} GPU(s) per process, {mode}"
+            model = _detector("bn", norm_options={"eval_stats": mode}, **EXACT)
+            set_emulated_gpus(model, gpus)
+            losses = emulated_forward(model, images, targets, gpus)
+            sum(losses.values()).backward()
+            for key in LOSSES:
+                torch.testing.assert_close(losses[key], theirs["losses"][key], msg=case)
+            for name, p in model.named_parameters():
+                expected = theirs["grads"][name]
+                torch.testing.assert_close(
+                    p.grad, expected, rtol=1e-4, atol=1e-6, msg=f"{case}: {name}"
+                )
+            buffers = dict(model.named_buffers())
+            assert any(name.endswith("alt_running_var") for name in theirs["buffers"])
+            for name, value in theirs["buffers"].items():
+                if name.endswith("num_batches_tracked"):
+                    assert buffers[name] == value == 1, name
+                else:
+                    torch.testing.assert_close(buffers[name], value, msg=f"{case}: {name}")

@@ -211,14 +211,27 @@ def maskrcnn_mini(
 
 
 def maskrcnn_r50_fpn(
-    factory: NormFactory, num_classes: int, in_channels: int, **options: Any
+    factory: NormFactory,
+    num_classes: int,
+    in_channels: int,
+    *,
+    width: int | None = None,
+    image_size: int | None = None,
+    **options: Any,
 ) -> MaskRCNN:
     """The paper's Mask R-CNN: ResNet-50 body, FPN of 256 channels on its four stages (and a
     max-pooled level), a 4conv1fc box head and a 4-conv mask head, every conv normalized.
 
     Everything else is torchvision's COCO default (images resized to 800-1333 px, anchors of
-    32-512 px, 2000 proposals in training, 512 RoIs per image); ``options`` override it.
+    32-512 px, 2000 proposals in training, 512 RoIs per image); ``image_size`` (when given)
+    fixes the images' size instead, and ``options`` override any of torchvision's MaskRCNN
+    arguments. ResNet-50's widths are fixed: ``width`` is refused.
     """
+    if width is not None:
+        raise UserError(
+            f"maskrcnn_r50_fpn: width={width} is not supported (ResNet-50 has fixed widths; "
+            "width applies to maskrcnn_mini)"
+        )
     resnet = _body(torchvision_resnet("resnet50", factory, 1000, in_channels), factory)
     fpn = BackboneWithFPN(
         resnet,
@@ -230,6 +243,7 @@ def maskrcnn_r50_fpn(
     levels = ["0", "1", "2", "3"]
     defaults = {
         **_normalization(in_channels),
+        **({} if image_size is None else {"min_size": image_size, "max_size": image_size}),
         "box_roi_pool": MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
         "mask_roi_pool": MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
     }
