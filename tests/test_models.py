@@ -74,12 +74,13 @@ def test_list_models_names_every_contract_model() -> None:
 
 
 def _norm_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Module name -> every norm layer (the non-conv, non-linear modules with a weight)."""
+    """Module name -> every norm layer (the non-conv, non-linear modules with a weight, learned
+    or, as frozen BN's, a buffer)."""
     return {
         name: module
         for name, module in model.named_modules()
         if not isinstance(module, (nn.Conv2d, nn.Linear))
-        and isinstance(getattr(module, "weight", None), nn.Parameter)
+        and isinstance(getattr(module, "weight", None), torch.Tensor)
     }
 
 
@@ -155,6 +156,14 @@ def test_zero_init_zeroes_only_the_last_norm_of_each_block(
 def test_zero_init_can_be_turned_off() -> None:
     model = build_model("resnet20", zero_init_last_norm=False)
     assert all(torch.all(gamma == 1.0) for gamma in _norm_gammas(model).values())
+
+
+def test_zero_init_leaves_frozen_bn_alone() -> None:
+    """Frozen BN's gamma is a buffer: zeroing it would switch residual branches off for good."""
+    model = build_model("resnet8", norm="frozen_bn")
+    frozen = [m for m in model.modules() if type(m).__name__ == "FrozenBatchNorm2d"]
+    assert frozen
+    assert all(torch.all(m.weight == 1.0) for m in frozen)
 
 
 def test_paper_init_of_convs_and_classifier() -> None:

@@ -37,7 +37,8 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 DT = torch.float64
 ALL_NORMS = [
-    "bn", "brn", "dbn", "evonorm_b0", "evonorm_s0", "frn", "gn", "in", "iternorm", "ln", "syncbn",
+    "bn", "brn", "dbn", "evonorm_b0", "evonorm_s0", "frn", "frozen_bn", "gn", "in", "iternorm",
+    "ln", "syncbn",
 ]  # fmt: skip
 
 

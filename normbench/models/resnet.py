@@ -211,7 +211,9 @@ def init_weights(model: nn.Module, zero_init_last_norm: bool = True) -> None:
         for module in model.modules():
             if isinstance(module, RESIDUAL_BLOCKS):
                 gamma = getattr(module.last_norm, "weight", None)
-                if gamma is not None:
+                # A learned gamma only: frozen BN's is a buffer, and a zero there would switch
+                # the block's residual branch off for good.
+                if isinstance(gamma, nn.Parameter):
                     nn.init.zeros_(gamma)
 
 
