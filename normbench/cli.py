@@ -41,7 +41,9 @@ def _one_cell(command: str, args: list[str], *, start: bool) -> tuple[Outcome, R
     from normbench.job import run_cell
     from normbench.track.cell import Cell
 
-    if any("," in a.split("=", 1)[-1] and not a.split("=", 1)[-1].startswith("[") for a in args):
+    # A list, or a quoted value (a run directory's name has commas), is one value.
+    if any("," in a.split("=", 1)[-1] and not a.split("=", 1)[-1].startswith(("[", "'", '"'))
+           for a in args):  # fmt: skip
         raise UserError(
             f"{command} takes one cell; comma-separated values sweep: use `normbench sweep`"
         )

@@ -12,6 +12,7 @@ renamed directory holds the same cell.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,9 @@ def cell_overrides(overrides: Iterable[str], norm: str, batch: int) -> dict[str,
 
 def _canonical(value: str) -> str:
     """One spelling per number: Hydra rewrites swept floats (1e30 -> 1e+30, 1e-3 -> 0.001), so
-    `train` and `sweep` name the same cell alike only if both go through float()."""
+    `train` and `sweep` name the same cell alike only if both go through float(). A path (a
+    value with a slash, such as model.pretrained's) is named by a digest of it: a directory's
+    name holds no slash and may be shorter than a path (config.yaml holds the path itself)."""
     try:
         int(value)
         return value
@@ -64,7 +67,9 @@ def _canonical(value: str) -> str:
     try:
         return str(float(value))
     except ValueError:
-        return value
+        if "/" not in value:
+            return value
+    return "path-" + hashlib.sha1(value.strip("'\"").encode()).hexdigest()[:10]
 
 
 def cell_name(overrides: Iterable[str], norm: str, batch: int) -> str:

@@ -31,7 +31,9 @@ from normbench.data.detection import DetectionBundle, build_detection_datasets
 from normbench.metrics import DETECTION_NAMES, detection_metrics
 from normbench.models import pretrained_checkpoint
 from normbench.norms import set_emulated_gpus
+from normbench.track.rundir import RunDir
 from normbench.train.coco_eval import CocoEvaluator
+from normbench.train.distributed import DistEnv
 from normbench.train.loop import Trainer, _autocast
 
 log = logging.getLogger("normbench")
@@ -59,11 +61,13 @@ def to_device(
 
 def build_cell_detector(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
     """The cell's detector, random weights: ``num_classes`` object categories (the background
-    is added), the cell's norm and options, the body's width and the input size (dataset.
-    image_size) where the config sets them (None: the detector's own)."""
+    is added), the cell's norm and options, and where the config sets them (None: the
+    detector's own) the body's width and the size images are resized to (dataset.image_size:
+    torchvision's min_size = max_size, which every detector passes on)."""
     from normbench.models.detection import build_detector
 
-    sizes = {"width": cfg.model.width, "image_size": cfg.dataset.image_size}
+    size = cfg.dataset.image_size
+    sizes = {"width": cfg.model.width, "min_size": size, "max_size": size}
     return build_detector(
         cfg.model.name, norm=cfg.norm.name, num_classes=num_classes + 1,
         in_channels=in_channels, norm_options=cfg.norm.options(),
@@ -85,6 +89,15 @@ class DetectTrainer(Trainer):
     history_columns = HISTORY_COLUMNS
     has_train_error = False
     data: DetectionBundle
+
+    def __init__(self, run_dir: RunDir, cfg: Config, env: DistEnv) -> None:
+        super().__init__(run_dir, cfg, env)
+        # Each iterator over a loader draws a seed, by default from the global generator,
+        # which torchvision's RPN and RoI samplers draw from too: a resumed epoch (one more
+        # iterator) would then sample other anchors than the uninterrupted run. The loaders
+        # get their own.
+        for loader in (self.train_loader, self.val_loader):
+            loader.generator = torch.Generator().manual_seed(cfg.seed)
 
     def build_data(self) -> DetectionBundle:
         return build_detection_datasets(
