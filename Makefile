@@ -12,7 +12,7 @@ NB := $(BIN)/normbench
 EXPERIMENT ?= mini
 ARGS ?=
 
-.PHONY: help setup demo test test-fast lint table-batch table-norms table-zoo ablation-groups fashion results bench report clean
+.PHONY: help setup demo test test-fast lint table-batch table-norms table-zoo table-detect ablation-groups fashion results bench report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,6 +46,15 @@ table-norms: setup ## Table 1: BN, LN, IN, GN at 32 images per GPU
 
 table-zoo: setup ## every norm (bn .. evonorm, iternorm, dbn) at 32, 8, 2 images per GPU: heatmap + plot (mini only)
 	$(NB) sweep experiment=mini-zoo $(ARGS)
+
+# The classification runs whose checkpoints the detection cells start from, per EXPERIMENT.
+PRETRAIN_mini := experiment=detect-pretrain
+PRETRAIN_paper := experiment=paper-batch batch=32
+
+table-detect: setup ## COCO table (Mask R-CNN): pretraining, then BN*, BN, SyncBN, GN and GN from scratch at 2 images/GPU, then the report
+	$(NB) sweep $(PRETRAIN_$(EXPERIMENT)) $(ARGS)
+	$(NB) sweep experiment=$(EXPERIMENT)-detect $(ARGS)
+	$(NB) sweep experiment=$(EXPERIMENT)-detect norm=gn model.pretrained=null $(ARGS)
 
 ablation-groups: setup ## Table 3: GN with G = 64..1 groups, then 64..1 channels per group
 	$(NB) sweep experiment=$(EXPERIMENT)-groups $(ARGS)
