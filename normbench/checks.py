@@ -164,8 +164,8 @@ def _check_classification(cfg: Config) -> None:
 
 
 def _check_detection(cfg: Config) -> None:
-    """A detection cell's data (the scenes are written here, once, before any worker starts),
-    its pretrained checkpoint and its detector with the cell's norm options."""
+    """A detection cell's data (checked: the job writes the scenes), its pretrained checkpoint
+    and its detector with the cell's norm options."""
     from normbench.data.detection import check_detection_dataset
     from normbench.models import pretrained_checkpoint
     from normbench.train.detect import build_cell_detector

@@ -116,7 +116,19 @@ def _claimed(run: RunDir, config: Config, cell: Cell) -> Iterator[Outcome | None
         run.write_job(cell, command_line())
         if not run.checkpoint.exists():
             run.write_config(config)
+        _prepare_data(config)
         yield None
+
+
+def _prepare_data(config: Config) -> None:
+    """Data the workers read but no worker should make: the detection scenes, written once by
+    the process that holds the cell (validation only checks their parameters)."""
+    from normbench.data import dataset_task
+
+    if dataset_task(config.dataset.name) == "detection":
+        from normbench.data.detection import prepare_detection_dataset
+
+        prepare_detection_dataset(config.dataset)
 
 
 def _train(run: RunDir, config: Config, cell: Cell, is_main: bool) -> Outcome:

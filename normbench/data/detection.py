@@ -70,20 +70,31 @@ def _check_scene_params(dataset: DatasetConfig) -> None:
             )
 
 
-def check_detection_dataset(dataset: DatasetConfig) -> Path:
-    """The folder of the COCO-format data ``dataset`` reads, checked (and for fashion_scenes
-    written, once: a folder holding the same parameters is reused) before any worker starts.
-    Raises UserError: an unknown name, scene parameters that cannot be generated, COCO files
-    missing."""
-    from normbench.data import coco
+def check_detection_dataset(dataset: DatasetConfig) -> None:
+    """Cheap checks of the data ``dataset`` configures, nothing written (validation): a known
+    name; for fashion_scenes generation parameters that can be generated; for coco its files.
+    Raises UserError."""
+    from normbench.data import coco, scenes
 
     if dataset.name not in DETECTION_DATASETS:
         allowed = ", ".join(DETECTION_DATASETS)
         raise UserError(f"unknown detection dataset '{dataset.name}' (allowed: {allowed})")
     if dataset.name == "fashion_scenes":
-        from normbench.data import scenes
-
         _check_scene_params(dataset)
+        layout = scenes.Layout(dataset.image_size, tuple(dataset.items), tuple(dataset.item_size))
+        scenes.check_params(dataset.train_size, dataset.val_size, layout)
+    else:
+        coco.check_layout(folder(dataset))
+
+
+def prepare_detection_dataset(dataset: DatasetConfig) -> Path:
+    """The folder of the data ``dataset`` configures, ready for the workers: the scenes written
+    once (a folder holding the same parameters is reused), COCO's layout checked. Called by the
+    job, in one process, before any worker starts."""
+    from normbench.data import coco, scenes
+
+    check_detection_dataset(dataset)
+    if dataset.name == "fashion_scenes":
         scenes.write_scenes(
             folder(dataset), seed=SCENES_SEED, train_images=dataset.train_size,
             val_images=dataset.val_size, image_size=dataset.image_size,
@@ -99,7 +110,7 @@ def build_detection_datasets(
     """The train and val splits ``dataset`` configures (flipped by seed and epoch where
     dataset.augment; unreadable images and boxes without area as dataset.bad_images says).
     fashion_scenes: the sizes are the scenes' generation parameters (the scenes are written by
-    :func:`check_detection_dataset`); coco: train_size / val_size take seeded subsets of the
+    :func:`prepare_detection_dataset`); coco: train_size / val_size take seeded subsets of the
     images (None: all). Images keep their sizes: the detector resizes them."""
     from normbench.data import coco
 

@@ -62,12 +62,10 @@ def to_device(
 def build_cell_detector(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
     """The cell's detector, random weights: ``num_classes`` object categories (the background
     is added), the cell's norm and options, and where the config sets them (None: the
-    detector's own) the body's width and the size images are resized to (dataset.image_size:
-    torchvision's min_size = max_size, which every detector passes on)."""
+    detector's own) the body's width and the size images are resized to (dataset.image_size)."""
     from normbench.models.detection import build_detector
 
-    size = cfg.dataset.image_size
-    sizes = {"width": cfg.model.width, "min_size": size, "max_size": size}
+    sizes = {"width": cfg.model.width, "image_size": cfg.dataset.image_size}
     return build_detector(
         cfg.model.name, norm=cfg.norm.name, num_classes=num_classes + 1,
         in_channels=in_channels, norm_options=cfg.norm.options(),

@@ -174,11 +174,12 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, float]:
 class Trainer:
     """State of one worker's training run. `run()` is the whole loop.
 
-    What is the task's own (classification here) sits in five hooks that a task's trainer
+    What is the task's own (classification here) sits in the hooks that a task's trainer
     overrides (normbench.train.detect.DetectTrainer): :meth:`build_data`, :meth:`build_model`,
     :meth:`train_loss` (one step's forward), :meth:`evaluate` (the val columns of an epoch's
-    history row) and :meth:`results` (the cell's metrics); the rest (emulated GPUs, DDP,
-    checkpoints, resume, preemption, divergence, logging) is shared.
+    history row), :meth:`epoch_summary` (its log line) and :meth:`results` (the cell's
+    metrics); the rest (emulated GPUs, DDP, checkpoints, resume, preemption, divergence,
+    logging) is shared.
     """
 
     # The columns of history.csv; whether an epoch's row has a train error (a classifier's).
