@@ -45,8 +45,8 @@ ENTRIES: dict[str, list[list[str]]] = {
     ],
     # Its doubling test: the cells that converge last at twice the epochs, seed 0.
     "fashion_mnist-converged-check": [
-        ["experiment=converged-check", "norm=bn", "batch=2"],
-        ["experiment=converged-check", "norm=gn,ln,in", "batch=32"],
+        ["experiment=converged-check", "norm=bn,gn", "batch=2,32"],
+        ["experiment=converged-check", "norm=ln,in", "batch=32"],
     ],
     # The preview of Table 2 on the same protocol: exactly `make demo` (one seed, 20 epochs).
     "fashion_mnist-batch": [["experiment=mini-batch"]],
