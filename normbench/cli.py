@@ -72,6 +72,13 @@ def _cmd_train(args: list[str]) -> int:
             f"val top-1 error: {metrics['val_error_median5']:.2f}% (median of last 5 epochs; "
             f"final {metrics['val_error_final']:.2f}%, best {metrics['val_error_best']:.2f}%)"
         )
+    elif metrics.get("box_ap") is not None:
+        print(
+            f"COCO AP of the final model: box {metrics['box_ap']:.2f} (AP50 "
+            f"{metrics['box_ap50']:.2f}, AP75 {metrics['box_ap75']:.2f}), mask "
+            f"{metrics['mask_ap']:.2f} (AP50 {metrics['mask_ap50']:.2f}, AP75 "
+            f"{metrics['mask_ap75']:.2f})"
+        )
     elif outcome.status is Status.DIVERGED:
         print(f"diverged: {metrics.get('error')}")
     print(f"run directory: {run.path}")

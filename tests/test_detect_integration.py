@@ -4,6 +4,7 @@ the same job, run directory, loop and report as classification (normbench.train.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from normbench.cli import main
 from normbench.config import as_config, pretraining_norm
+from normbench.errors import UserError
 from normbench.hydra_app import compose, expand_sweep
 from normbench.metrics import DETECTION_NAMES
 from normbench.track import rundir
@@ -162,6 +164,56 @@ def test_paper_detect_is_the_paper_s_recipe():
     assert decays == [8 * steps, 11 * steps]  # 1x: 60k and 80k of 90k iterations
 
 
+# ---- the report of detection cells ---------------------------------------------------------
+
+
+def _finished_cell(folder: Path, norm: str, seed: int, pretrained: str | None, ap: float) -> None:
+    """A finished detection cell's record, as a worker writes it."""
+    name = f"batch=2,norm={norm},seed={seed}" + ("" if pretrained else ",model.pretrained=null")
+    cell = folder / name
+    cell.mkdir(parents=True)
+    config = {"metric": "box_ap", "epochs": 3, "model": {"pretrained": pretrained}}
+    (cell / rundir.CONFIG).write_text(json.dumps(config))  # JSON is YAML
+    record = {
+        "cell": name, "overrides": {"norm": norm, "seed": str(seed)}, "experiment": "det",
+        "model": "maskrcnn_mini", "dataset": "fashion_scenes", "norm": norm, "norm_label": norm,
+        "batch": 2, "gpus": 8, "total_batch": 16, "seed": seed, "groups": None,
+        "group_size": None, "status": "finished", "pretrained": pretrained,
+        **{name: ap + i for i, name in enumerate(DETECTION_NAMES)},
+    }  # fmt: skip
+    (cell / rundir.METRICS).write_text(json.dumps(record))
+
+
+def test_the_report_of_detection_cells_is_the_coco_table(tmp_path):
+    """GN fine-tuned and GN from scratch are two rows (a cell without a backbone is from
+    scratch); the classification layouts are not built; the paper's rows stand beside."""
+    from normbench.report import build_report, format_report
+    from normbench.report.collect import CELL_COLUMNS
+
+    folder = tmp_path / "det"
+    for seed in (0, 1):
+        _finished_cell(folder, "gn", seed, f"runs/pre/batch=32,norm=gn,seed={seed}", 30.0 + seed)
+        _finished_cell(folder, "gn", seed, None, 20.0 + seed)
+        _finished_cell(folder, "frozen_bn", seed, "runs/pre/bn", 25.0)
+    report = build_report(folder)
+    assert report.metric == "box_ap" and report.tables == []
+    table = report.detection
+    assert list(table.mean.index) == ["BN*", "GN", "GN from scratch"]
+    assert (
+        table.mean.loc["GN", "box_ap"] == 30.5
+        and table.mean.loc["GN from scratch", "box_ap"] == 20.5
+    )
+    assert table.mean.loc["GN", "mask_ap75"] == 35.5  # each metric its own column
+    cells = report.cells
+    assert list(cells.columns[: len(CELL_COLUMNS)]) == CELL_COLUMNS
+    assert cells["pretrained"].isna().sum() == 2
+    written = {path.name for path in report.paths}
+    assert {"cells.csv", "detection_ours.csv", "detection_ap.png", "report.md"} <= written
+    assert "Mask R-CNN box and mask AP" in format_report(report)
+    with pytest.raises(UserError, match="metric=val_error_final is not a detection metric"):
+        build_report(folder, metric="val_error_final")
+
+
 # ---- cells that train (slow) -----------------------------------------------------------------
 
 
@@ -201,7 +253,7 @@ def test_a_detection_cell_from_a_classification_run_trains_and_is_reported(tmp_p
         metrics[name] for name in DETECTION_NAMES
     ]
     assert "val_error" not in row and float(row["train_loss"]) > 0
-    assert "box AP" in trained.stdout
+    assert f"COCO AP of the final model: box {metrics['box_ap']:.2f}" in trained.stdout
 
     report = run_cli(["report", str(out / "fashion_scenes-maskrcnn_mini")], tmp_path, env=env)
     assert report.returncode == 0, report.stdout + report.stderr

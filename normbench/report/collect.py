@@ -139,6 +139,9 @@ def collect_runs(sweep_dir: Path, exclude: Iterable[Path] = ()) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column]).astype("Int64")
     for column in FLOAT_COLUMNS + (list(DETECTION_NAMES) if detection else []):
         frame[column] = pd.to_numeric(frame[column]).astype(float)
+    if detection:  # None, not a missing string (NaN, which reads as true), means from scratch
+        pretrained = frame["pretrained"].astype(object)
+        frame["pretrained"] = pretrained.where(pretrained.notna(), None)
     return frame
 
 
