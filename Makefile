@@ -72,6 +72,7 @@ report: setup ## rebuild the report of a sweep: make report DIR=runs/fashion_mni
 bench: setup ## speed benchmarks (results/bench/*.md)
 	$(BIN)/python scripts/bench_loop.py
 	$(BIN)/python scripts/bench_emulated.py
+	$(BIN)/python scripts/bench_detect.py
 	$(BIN)/python scripts/bench_norms.py
 	$(BIN)/python scripts/bench_data.py
 	$(BIN)/python scripts/bench_gpu.py
