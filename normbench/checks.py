@@ -120,11 +120,10 @@ def check_task(cfg: Config) -> str:
     from normbench.data import dataset_task, list_datasets, list_detection_datasets
     from normbench.models import list_detection_models, list_models, model_task
 
-    models = [name for name, _ in list_models()]
-    if cfg.model.name not in models:  # the detectors' code imports torchvision: only if needed
-        models += [name for name, _ in list_detection_models()]
-        _one_of("model.name", cfg.model.name, tuple(models))
+    models = {"classification": list_models(), "detection": list_detection_models()}
     datasets = {"classification": list_datasets(), "detection": list_detection_datasets()}
+    every_model = tuple(name for found in models.values() for name, _ in found)
+    _one_of("model.name", cfg.model.name, every_model)
     _one_of("dataset.name", cfg.dataset.name, tuple(n for f in datasets.values() for n, _ in f))
     task, data_task = model_task(cfg.model.name), dataset_task(cfg.dataset.name)
     if task != data_task:
@@ -158,9 +157,9 @@ def _check_classification(cfg: Config) -> None:
             num_classes=10,
             in_channels=3,
             ws=cfg.model.ws,
+            zero_init_last_norm=False,
             width=cfg.model.width,
             norm_options=cfg.norm.options(),
-            init=False,
         )
 
 

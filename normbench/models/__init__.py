@@ -106,15 +106,12 @@ def build_model(
     zero_init_last_norm: bool = True,
     width: int | None = None,
     norm_options: Mapping[str, Any] | None = None,
-    init: bool = True,
 ) -> nn.Module:
     """Build model ``name`` with norm ``norm`` (options in ``norm_options``) and random weights.
 
     ``width`` is the base width of the CIFAR-style ResNets (16 when None); ``ws`` standardizes
     every conv's weights (Qiao et al.); ``zero_init_last_norm`` sets gamma = 0 in the last norm
     of every residual block, as the paper does. Bad names and options raise :class:`UserError`.
-    ``init=False`` skips the paper's initialisation: for a check of the options on the meta
-    device, where it would import ``torch._dynamo`` (over a second of CPU) for nothing.
     """
     entry = _MODELS.get(name)
     if entry is None:
@@ -122,8 +119,7 @@ def build_model(
     _check_positive(name, num_classes=num_classes, in_channels=in_channels, width=width)
     factory = NormFactory(name, norm, norm_options)
     model = entry.build(factory, num_classes, in_channels, width)
-    if init:
-        init_weights(model, zero_init_last_norm=zero_init_last_norm)
+    init_weights(model, zero_init_last_norm=zero_init_last_norm)
     if ws:
         model = convert_to_ws(model)
     return model

@@ -6,10 +6,7 @@ Both families (torchvision's ImageNet ResNets here, the CIFAR-style ones in
 * :class:`NormFactory` -- builds each norm layer by name and options through the norm zoo, and the
   activation that follows a norm;
 * :class:`BasicBlock` / :class:`Bottleneck` -- torchvision's residual blocks with one activation
-  module per position instead of one shared ``relu``. They are written out here rather than
-  subclassed: importing torchvision imports ``torch._dynamo`` (about 1.5 s of CPU), which every
-  process of a CIFAR-style cell would pay for nothing; only :func:`torchvision_resnet` imports
-  it;
+  module per position instead of one shared ``relu``;
 * :func:`init_weights` -- the Group Normalization paper's initialisation.
 
 Norms that replace the activation (FRN + TLU, EvoNorm) are placed by position, the same way for
@@ -31,16 +28,14 @@ hold no parameters), so torchvision checkpoints still load.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models import resnet as tv
 
 from normbench.errors import UserError
 from normbench.norms import build_norm, get_norm_spec
-
-if TYPE_CHECKING:
-    from torchvision.models import ResNet
 
 
 class NormFactory:
@@ -101,36 +96,23 @@ def _activation(norm_layer: Any, num_channels: int) -> nn.Module:
     return nn.ReLU(inplace=True)
 
 
-def _norm_act(norm_layer: Any, num_channels: int) -> tuple[nn.Module, nn.Module]:
-    """(norm, activation) for a norm + ReLU position.
+def _norm_act(norm_layer: Any, norm: nn.Module, num_channels: int) -> tuple[nn.Module, nn.Module]:
+    """(norm, activation) for a norm + ReLU position; ``norm`` is what torchvision built there.
 
-    A factory builds the pair (FRN with its TLU, EvoNorm with its nonlinearity); any other
-    ``norm_layer`` (``nn.BatchNorm2d``, as torchvision passes by default) gets its ReLU.
+    torchvision builds every norm through ``norm_layer`` alone; a factory rebuilds those that an
+    activation follows as a pair (FRN with its TLU, EvoNorm with its nonlinearity).
     """
     if isinstance(norm_layer, NormFactory):
         return norm_layer.norm_act(num_channels)
-    return norm_layer(num_channels), nn.ReLU(inplace=True)
+    return norm, nn.ReLU(inplace=True)
 
 
-def _conv3x3(inplanes: int, planes: int, stride: int = 1, groups: int = 1, dilation: int = 1):
-    return nn.Conv2d(inplanes, planes, kernel_size=3, stride=stride, padding=dilation,
-                     groups=groups, bias=False, dilation=dilation)  # fmt: skip
-
-
-def _conv1x1(inplanes: int, planes: int) -> nn.Conv2d:
-    return nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-
-
-class BasicBlock(nn.Module):
+class BasicBlock(tv.BasicBlock):
     """torchvision's BasicBlock with its two activations as separate modules.
 
     ``act1`` follows ``bn1``; ``act_out`` follows the residual addition. ``bn2`` is the block's
-    last norm (zero-initialised by :func:`init_weights`). Modules are registered in
-    torchvision's order (then ``act1``, ``act_out``): the same state-dict keys, and the same
-    random initial weights for a seed.
+    last norm (zero-initialised by :func:`init_weights`).
     """
-
-    expansion: int = 1
 
     def __init__(
         self,
@@ -143,19 +125,11 @@ class BasicBlock(nn.Module):
         dilation: int = 1,
         norm_layer: Callable[[int], nn.Module] | None = None,
     ) -> None:
-        super().__init__()
-        norm_layer = norm_layer or nn.BatchNorm2d
-        if groups != 1 or base_width != 64:
-            raise ValueError("BasicBlock only supports groups=1 and base_width=64")
-        if dilation > 1:
-            raise NotImplementedError("Dilation > 1 not supported in BasicBlock")
-        self.conv1 = _conv3x3(inplanes, planes, stride)
-        self.bn1, act1 = _norm_act(norm_layer, planes)
-        self.conv2 = _conv3x3(planes, planes)
-        self.bn2 = norm_layer(planes)
-        self.downsample = downsample
-        self.stride = stride
-        self.act1 = act1  # one module per slot: they differ for FRN and EvoNorm
+        super().__init__(
+            inplanes, planes, stride, downsample, groups, base_width, dilation, norm_layer
+        )
+        del self.relu  # replaced by one module per slot: they differ for FRN and EvoNorm
+        self.bn1, self.act1 = _norm_act(norm_layer, self.bn1, planes)
         self.act_out = _activation(norm_layer, planes * self.expansion)
 
     @property
@@ -170,14 +144,12 @@ class BasicBlock(nn.Module):
         return self.act_out(out + shortcut)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(tv.Bottleneck):
     """torchvision's Bottleneck (ResNet v1.5, stride in the 3x3 conv) with separate activations.
 
     ``act1`` follows ``bn1``, ``act2`` follows ``bn2``, ``act_out`` follows the residual addition.
-    ``bn3`` is the block's last norm. Registered in torchvision's order, as :class:`BasicBlock`.
+    ``bn3`` is the block's last norm.
     """
-
-    expansion: int = 4
 
     def __init__(
         self,
@@ -190,18 +162,13 @@ class Bottleneck(nn.Module):
         dilation: int = 1,
         norm_layer: Callable[[int], nn.Module] | None = None,
     ) -> None:
-        super().__init__()
-        norm_layer = norm_layer or nn.BatchNorm2d
-        width = int(planes * (base_width / 64.0)) * groups
-        self.conv1 = _conv1x1(inplanes, width)
-        self.bn1, act1 = _norm_act(norm_layer, width)
-        self.conv2 = _conv3x3(width, width, stride, groups, dilation)
-        self.bn2, act2 = _norm_act(norm_layer, width)
-        self.conv3 = _conv1x1(width, planes * self.expansion)
-        self.bn3 = norm_layer(planes * self.expansion)
-        self.downsample = downsample
-        self.stride = stride
-        self.act1, self.act2 = act1, act2  # one module per slot: they differ for FRN and EvoNorm
+        super().__init__(
+            inplanes, planes, stride, downsample, groups, base_width, dilation, norm_layer
+        )
+        del self.relu  # replaced by one module per slot: they differ for FRN and EvoNorm
+        width = self.conv1.out_channels
+        self.bn1, self.act1 = _norm_act(norm_layer, self.bn1, width)
+        self.bn2, self.act2 = _norm_act(norm_layer, self.bn2, width)
         self.act_out = _activation(norm_layer, planes * self.expansion)
 
     @property
@@ -251,7 +218,7 @@ def init_weights(model: nn.Module, zero_init_last_norm: bool = True) -> None:
 
 
 # name -> (block, blocks per stage, description)
-TORCHVISION_RESNETS: dict[str, tuple[type[BasicBlock | Bottleneck], list[int], str]] = {
+TORCHVISION_RESNETS: dict[str, tuple[type[tv.BasicBlock | tv.Bottleneck], list[int], str]] = {
     "resnet18": (BasicBlock, [2, 2, 2, 2], "ResNet-18 (torchvision, basic blocks) for ImageNet"),
     "resnet34": (BasicBlock, [3, 4, 6, 3], "ResNet-34 (torchvision, basic blocks) for ImageNet"),
     "resnet50": (Bottleneck, [3, 4, 6, 3], "ResNet-50 v1.5 (torchvision): the paper's model"),
@@ -261,7 +228,7 @@ TORCHVISION_RESNETS: dict[str, tuple[type[BasicBlock | Bottleneck], list[int], s
 
 def torchvision_resnet(
     name: str, factory: NormFactory, num_classes: int, in_channels: int
-) -> ResNet:
+) -> tv.ResNet:
     """torchvision's ResNet ``name`` (random weights) with the factory's norms and activations.
 
     This is what ``torchvision.models.resnet50(weights=None, norm_layer=factory)`` builds, with
@@ -270,10 +237,8 @@ def torchvision_resnet(
     norm carries its nonlinearity), and a stem conv for ``in_channels`` replaces the RGB one
     when needed.
     """
-    from torchvision.models import ResNet
-
     block, layers, _ = TORCHVISION_RESNETS[name]
-    model = ResNet(block, layers, num_classes=num_classes, norm_layer=factory)
+    model = tv.ResNet(block, layers, num_classes=num_classes, norm_layer=factory)
     stem = model.conv1
     model.bn1, model.relu = factory.norm_act(stem.out_channels)
     if in_channels != stem.in_channels:

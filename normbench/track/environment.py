@@ -7,10 +7,8 @@ start (:meth:`normbench.track.rundir.RunDir.write_job`); the workers read the ce
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
@@ -28,27 +26,14 @@ from normbench.track.rundir import RunDir
 COMMAND_ENV = "NORMBENCH_COMMAND"
 
 
-def torchvision_version() -> str:
-    """``torchvision.__version__``, read from its version.py where that can be found: importing
-    torchvision imports ``torch._dynamo`` (about 1.5 s of CPU), which a classification cell's
-    processes otherwise never need."""
-    spec = importlib.util.find_spec("torchvision")
-    version_file = Path(spec.origin).with_name("version.py") if spec and spec.origin else None
-    if version_file is not None and version_file.is_file():
-        found = re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", version_file.read_text(), re.M)
-        if found:
-            return found.group(1)
+def versions() -> dict[str, str]:
     import torchvision
 
-    return torchvision.__version__
-
-
-def versions() -> dict[str, str]:
     return {
         "normbench": normbench.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision_version(),
+        "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda or "none",
     }
 
