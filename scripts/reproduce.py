@@ -235,8 +235,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("entries", nargs="*", help=f"any of {', '.join(ENTRIES)} (default: all)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "runs")
-    parser.add_argument("--commit-cells", action="store_true",
-                        help="commit each finished cell's record of an in-place entry to git")
+    parser.add_argument(
+        "--commit-cells",
+        action="store_true",
+        help="commit each finished cell's record of an in-place entry to git",
+    )
     args = parser.parse_args()
     unknown = set(args.entries) - set(ENTRIES)
     if unknown:
