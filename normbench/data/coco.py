@@ -39,14 +39,12 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from normbench.config import BAD_IMAGE_POLICIES
+from normbench.data.files import UNREADABLE, record_skipped
 from normbench.data.memory import EpochCounter, sample_hash
 from normbench.errors import UserError
 
 SPLITS = ("train", "val")
 _MODES = {1: "L", 3: "RGB"}
-# What PIL raises for a file that is not a readable image; OSError covers a missing file.
-_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
 log = logging.getLogger(__name__)
 
 Target = dict[str, Any]
@@ -229,7 +227,7 @@ class CocoDataset(Dataset):
             try:
                 with Image.open(path) as image:
                     return "L" if image.mode == "L" else "RGB"
-            except _UNREADABLE as err:
+            except UNREADABLE as err:
                 if self.bad_images == "fail":
                     raise _unreadable(path, err) from err
         return "RGB"
@@ -247,18 +245,10 @@ class CocoDataset(Dataset):
                     f"{info['width']}x{info['height']}"
                 )
             return image
-        except _UNREADABLE as err:
+        except UNREADABLE as err:
             if self.bad_images == "fail":
                 raise _unreadable(path, err) from err
-            if path not in self.skipped:
-                self.skipped.add(path)
-                log.warning(
-                    "skipped unreadable image %s: %s (%d skipped in this process)",
-                    path, err, len(self.skipped),
-                )  # fmt: skip
-                if self.skipped_file is not None:  # appends of one line do not interleave
-                    with open(self.skipped_file, "a") as record:
-                        record.write(path + "\n")
+            record_skipped(self.skipped, path, err, self.skipped_file)
             return None
 
     def _sample(self, image_id: int, image: Image.Image) -> tuple[torch.Tensor, Target]:

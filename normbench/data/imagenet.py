@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torchvision import datasets, transforms
 
+from normbench.data.files import UNREADABLE, record_skipped
 from normbench.data.memory import EpochCounter, sample_hash, subsample
 from normbench.errors import UserError
 
@@ -38,10 +39,6 @@ PCA_EIGVEC = (
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
-
-# What PIL raises for a file that is not a readable image (truncated, garbage, unsupported,
-# too large to decode safely); OSError also covers a file that cannot be opened at all.
-_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 log = logging.getLogger(__name__)
 
@@ -161,20 +158,12 @@ class ImageFolderDataset(datasets.ImageFolder):
         try:
             with open(path, "rb") as file:
                 return Image.open(file).convert("RGB")  # convert() decodes the whole file
-        except _UNREADABLE as err:
+        except UNREADABLE as err:
             if self.bad_images == "fail":
                 raise UserError(
                     f"unreadable image {path}: {err} (dataset.bad_images=skip skips such files)"
                 ) from err
-            if path not in self.skipped:
-                self.skipped.add(path)
-                log.warning(
-                    "skipped unreadable image %s: %s (%d skipped in this process)",
-                    path, err, len(self.skipped),
-                )  # fmt: skip
-                if self.skipped_file is not None:  # appends of one line do not interleave
-                    with open(self.skipped_file, "a") as record:
-                        record.write(path + "\n")
+            record_skipped(self.skipped, path, err, self.skipped_file)
             return None
 
 
