@@ -85,6 +85,16 @@ def test_means_stds_and_counts_over_seeds():
     assert list(table.per_seed.index[:3]) == [("BN*", 0), ("BN*", 1), ("BN*", 2)]
 
 
+def test_a_blank_pretrained_entry_is_from_scratch():
+    """Cells read back from a committed cells.csv: a path where pretrained, a blank (NaN) for
+    from scratch; a blank must not count as pretrained."""
+    cells = make_cells(lambda norm, pretrained: norm == "gn")
+    cells["pretrained"] = cells["pretrained"].map(lambda p: "runs/pre/cell" if p else math.nan)
+    table = build_detection_table(cells)
+    assert list(table.mean.index) == ["GN", "GN from scratch"]
+    assert table.mean.at["GN from scratch", "box_ap"] == pytest.approx((31.0 + 32.0 + 33.5) / 3)
+
+
 def test_paired_differences_over_seeds_with_the_papers():
     table = build_detection_table(make_cells())
     gn_bn_star = claim(table, "GN", "BN*", "AP box")

@@ -91,6 +91,12 @@ def norm_label(norm: str, pretrained: bool = True) -> str:
     return label if pretrained else f"{label} {SCRATCH}"
 
 
+def is_pretrained(value: object) -> bool:
+    """A cell's ``pretrained`` entry as a flag: a checkpoint path or True; None, NaN (a blank in
+    a committed cells.csv), "" or False is from scratch."""
+    return bool(value) and not pd.isna(value)
+
+
 def _row_rank(label: str) -> tuple[int, str]:
     """The paper's rows first, in its order (the longest one a label starts with), then the
     others alphabetically."""
@@ -113,7 +119,10 @@ def _unshown(overrides: object) -> object:
 def _entries(cells: pd.DataFrame) -> pd.DataFrame:
     """The cells with ``base`` (norm label), ``setting`` (what else tells rows apart: the
     batch where several ran, other overrides that vary) and ``row`` = base + setting."""
-    base = [norm_label(n, bool(p)) for n, p in zip(cells["norm"], cells["pretrained"], strict=True)]
+    base = [
+        norm_label(n, is_pretrained(p))
+        for n, p in zip(cells["norm"], cells["pretrained"], strict=True)
+    ]
     setting = pd.Series("", index=cells.index, dtype=object)
     if cells["batch"].nunique() > 1:
         setting = " at " + cells["batch"].astype(str) + " images/GPU"
@@ -151,7 +160,10 @@ def _per_seed(entries: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
 def paper_rows(paper: pd.DataFrame) -> pd.DataFrame:
     """The paper's table with ``base`` (row label), ``setting`` ("R-50-FPN, 2x") and ``row``
     ("GN (R-50-FPN, 2x)") added, in file order."""
-    base = [norm_label(n, bool(p)) for n, p in zip(paper["norm"], paper["pretrained"], strict=True)]
+    base = [
+        norm_label(n, is_pretrained(p))
+        for n, p in zip(paper["norm"], paper["pretrained"], strict=True)
+    ]
     schedule = paper["schedule"].fillna("").astype(str)
     setting = paper["backbone"].astype(str) + schedule.map(lambda s: f", {s}" if s else "")
     rows = paper.assign(base=base, setting=setting)
