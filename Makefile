@@ -61,7 +61,7 @@ ablation-groups: setup ## Table 3: GN with G = 64..1 groups, then 64..1 channels
 	$(NB) sweep experiment=$(EXPERIMENT)-group-size $(ARGS)
 
 fashion: setup ## the converged Tables 1-3 on Fashion-MNIST (hours; resumes, skipping committed cells)
-	$(BIN)/python scripts/reproduce.py fashion_mnist-converged
+	$(BIN)/python scripts/reproduce.py fashion_mnist-converged-8px
 
 results: setup ## regenerate the committed CPU-scale results (hours on 2 cores: each RUN.md has its time; committed cells are skipped)
 	$(BIN)/python scripts/reproduce.py

@@ -55,6 +55,9 @@ def validate(cfg: Config) -> None:
     _positive("batch", cfg.batch)
     _positive("gpus", cfg.gpus)
     _positive("epochs", cfg.epochs)
+    _positive("eval_every", cfg.eval_every)
+    if cfg.val_batch is not None:
+        _positive("val_batch", cfg.val_batch)
     _positive("cpu_threads", cfg.cpu_threads)
     _positive("seed", cfg.seed, least=0)
     _positive("log_every_steps", cfg.log_every_steps)

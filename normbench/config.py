@@ -195,6 +195,12 @@ class Config:
     backend: str = "auto"
     seed: int = 0
     epochs: int = 15
+    # Validation runs every eval_every-th epoch and at each of the last 5 (all the headline's
+    # median needs); 1, every epoch, draws the whole curve. Other epochs' val columns are empty.
+    eval_every: int = 1
+    # Images per validation batch per process; None: the training batch per process. Evaluation
+    # uses the moving averages, so this changes no prediction, only speed and memory.
+    val_batch: int | None = None
     amp: str = "none"
     channels_last: bool = False
     deterministic: bool = False

@@ -28,6 +28,7 @@ from normbench.checks import validate
 from normbench.config import Config, as_config
 from normbench.errors import UserError
 from normbench.logs import LIVE_ENV, cell_label
+from normbench.metrics import measured
 from normbench.track.cell import Cell
 from normbench.track.rundir import RunDir, Status
 
@@ -252,13 +253,14 @@ class Watch:
         for cell, state in zip(self.planned, self.states(), strict=True):
             history = _history(cell.run_dir)
             last = history[-1] if history else {}
+            val_errors = measured(float(row["val_error"] or "nan") for row in history)
             if state == Status.UNFINISHED:
                 job = cell.run_dir.job
                 started = job.exists() and job.stat().st_mtime >= self.started
                 state = "running" if started else "waiting"
             table.add_row(
                 cell_label(cell.cell), state, f"{len(history)}/{cell.config.epochs}",
-                f"{float(last['val_error']):.2f}" if last else "",
+                f"{val_errors[-1]:.2f}" if val_errors else "",
                 f"{float(last['images_per_s']):.0f}" if last else "",
             )  # fmt: skip
         return table

@@ -143,8 +143,8 @@ def sources(folder: Path, small_batches: int, notes: list[str]) -> list[Source]:
 def loader_contender(data: DatasetBundle, workers: int) -> Callable[[], None]:
     """One call = one epoch of the training loader (its workers persist between epochs)."""
     loader, _, sampler = build_loaders(
-        data, batch_per_rank=BATCH, world_size=1, rank=0, seed=0, workers=workers,
-        pin_memory=False,
+        data, batch_per_rank=BATCH, val_batch_per_rank=BATCH, world_size=1, rank=0, seed=0,
+        workers=workers, pin_memory=False,
     )  # fmt: skip
     epochs = itertools.count()
 

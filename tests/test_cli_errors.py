@@ -69,6 +69,8 @@ CASES = [
     ("batch zero", "train", ["batch=0"], ["batch=0", ">= 1"]),
     ("batch negative", "train", ["batch=-4"], ["batch=-4", ">= 1"]),
     ("epochs zero", "train", ["epochs=0"], ["epochs=0"]),
+    ("eval interval zero", "train", ["eval_every=0"], ["eval_every=0", ">= 1"]),
+    ("val batch zero", "train", ["val_batch=0"], ["val_batch=0", ">= 1"]),
     ("negative seed", "train", ["seed=-1"], ["seed=-1", ">= 0"]),
     ("log interval zero", "train", ["log_every_steps=0"], ["log_every_steps=0"]),
     (

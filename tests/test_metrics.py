@@ -7,13 +7,15 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from conftest import TINY, run_cli
 
 from normbench.config import Config
 from normbench.metrics import LABELS, NAMES, median_last, val_error_metrics
 from normbench.report.collect import read_cell
 from normbench.report.tables import DEFAULT_METRIC, METRICS
-from normbench.train.loop import summarize
+from normbench.train.loop import is_evaluated, summarize
 
 NAN = float("nan")
 
@@ -79,3 +81,37 @@ def test_the_report_and_the_config_name_the_metrics_of_normbench_metrics() -> No
     # A report without a configured metric shows the config's default: the paper's headline.
     assert DEFAULT_METRIC == Config.metric == "val_error_median5"
     assert "median of the last 5 epochs" in LABELS[DEFAULT_METRIC]
+
+
+@pytest.mark.parametrize(
+    ("epochs", "every", "evaluated"),
+    [
+        (12, 1, list(range(1, 13))),
+        (12, 5, [5, 8, 9, 10, 11, 12]),  # every 5th and each of the last 5
+        (3, 10, [1, 2, 3]),  # fewer epochs than the median needs: all of them
+    ],
+)
+def test_which_epochs_are_validated(epochs, every, evaluated) -> None:
+    assert [e for e in range(1, epochs + 1) if is_evaluated(e, epochs, every)] == evaluated
+
+
+def test_eval_every_and_val_batch_change_no_trained_weight_and_no_headline(tmp_path) -> None:
+    """Validating every 3rd epoch (and the last 5) with another batch: the same training, the
+    same val errors where measured, empty val columns elsewhere, the same headline."""
+    common = [*TINY, "dataset.train_size=64", "dataset.val_size=40", "epochs=7"]
+    runs = {}
+    for name, extra in (("every", []), ("sparse", ["eval_every=3", "val_batch=7"])):
+        out = tmp_path / name
+        result = run_cli(["train", *common, *extra, f"out_dir={out}"], cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        (cell,) = (p.parent for p in out.glob("*/*/metrics.json"))
+        metrics = json.loads((cell / "metrics.json").read_text())
+        runs[name] = (pd.read_csv(cell / "history.csv"), metrics)
+    (every, every_metrics), (sparse, sparse_metrics) = runs["every"], runs["sparse"]
+    assert sparse["train_loss"].tolist() == every["train_loss"].tolist()
+    measured = sparse["val_error"].notna()
+    assert sparse.loc[measured, "epoch"].tolist() == [3, 4, 5, 6, 7]
+    assert sparse.loc[measured, "val_error"].tolist() == pytest.approx(
+        every.loc[measured, "val_error"].tolist()
+    )
+    assert sparse_metrics["val_error_median5"] == pytest.approx(every_metrics["val_error_median5"])

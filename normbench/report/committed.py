@@ -3,7 +3,7 @@
 A result copied under ``results/<name>/`` keeps its report (tables, plots, cells.csv) but not
 its run directories, so the report of such a folder is rebuilt from its cells.csv.
 
-The converged result (``results/fashion_mnist-converged``: the paper's Tables 1-3 on the
+The converged result (``results/fashion_mnist-converged-8px``: the paper's Tables 1-3 on the
 converged protocol of results/tuning.md, 3 seeds) is what a user's own sweep on the same
 dataset is read against: the report shows its numbers in the same layouts beside ours and the
 paper's. It is read from the repository, from its committed cell records (or a cells.csv where
@@ -28,7 +28,7 @@ from normbench.report.collect import (
 from normbench.report.tables import Table, build_tables
 
 CELLS_CSV = "cells.csv"
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "results" / "fashion_mnist-converged"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "results" / "fashion_mnist-converged-8px"
 
 
 def read_cells_csv(path: Path) -> pd.DataFrame:

@@ -132,9 +132,11 @@ def plot_training_curves(title: str, history: pd.DataFrame) -> Figure:
     ax = figure.add_subplot()
     for column, style in (("train_error", "-"), ("val_error", "-o")):
         if column in history.columns:
+            # Only the epochs measured (with eval_every > 1, val error has gaps), joined.
+            measured = history[history[column].notna()]
             ax.plot(
-                history["epoch"],
-                history[column],
+                measured["epoch"],
+                measured[column],
                 style,
                 markersize=3,
                 label=column.replace("_", " "),

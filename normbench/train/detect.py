@@ -21,6 +21,7 @@ preemption, divergence checks, logging, emulated GPUs, DDP. What differs, read t
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -45,6 +46,11 @@ HISTORY_COLUMNS = (
 )  # fmt: skip
 
 Targets = list[dict[str, Any]]
+
+
+def _ap(value: float) -> str:
+    """A logged AP; '-' for an epoch without evaluation."""
+    return f"{value:.2f}" if math.isfinite(value) else "-"
 
 
 def to_device(
@@ -85,6 +91,7 @@ class DetectTrainer(Trainer):
     """One detection cell; see the module docstring."""
 
     history_columns = HISTORY_COLUMNS
+    val_columns = DETECTION_NAMES
     has_train_error = False
     data: DetectionBundle
 
@@ -142,8 +149,8 @@ class DetectTrainer(Trainer):
 
     def epoch_summary(self, row: dict[str, Any]) -> str:
         return (
-            f"train loss {row['train_loss']:.4f}  box AP {row['box_ap']:.2f}  "
-            f"mask AP {row['mask_ap']:.2f}"
+            f"train loss {row['train_loss']:.4f}  box AP {_ap(row['box_ap'])}  "
+            f"mask AP {_ap(row['mask_ap'])}"
         )
 
     def results(self) -> dict[str, Any]:

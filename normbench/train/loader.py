@@ -94,8 +94,8 @@ def worker_error_message(text: str) -> str:
 
 
 def build_loaders(
-    data: DatasetBundle, *, batch_per_rank: int, world_size: int, rank: int, seed: int,
-    workers: int, pin_memory: bool,
+    data: DatasetBundle, *, batch_per_rank: int, val_batch_per_rank: int, world_size: int,
+    rank: int, seed: int, workers: int, pin_memory: bool,
 ) -> tuple[Loader, Loader, TrainSampler]:  # fmt: skip
     train_sampler = TrainSampler(data.train, num_replicas=world_size, rank=rank, seed=seed)
     common = {
@@ -108,7 +108,7 @@ def build_loaders(
         data.train, batch_size=batch_per_rank, sampler=train_sampler, drop_last=True, **common
     )
     val_sampler = ValSampler(len(data.val), num_replicas=world_size, rank=rank)
-    val = Loader(data.val, batch_size=batch_per_rank, sampler=val_sampler, **common)
+    val = Loader(data.val, batch_size=val_batch_per_rank, sampler=val_sampler, **common)
     return train, val, train_sampler
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from normbench.config import (
 from normbench.data import DatasetBundle, build_datasets
 from normbench.errors import UserError
 from normbench.logs import EpochProgress
-from normbench.metrics import val_error_metrics
+from normbench.metrics import LAST_EPOCHS, val_error_metrics
 from normbench.models import build_model
 from normbench.norms import (
     DEFAULT_EVAL_STATS,
@@ -162,6 +163,17 @@ def evaluate(model: nn.Module, loader, cfg: Config, env: DistEnv) -> tuple[float
     return loss_sum / count, 100.0 * errors / count
 
 
+def is_evaluated(epoch: int, epochs: int, every: int) -> bool:
+    """Whether 1-based ``epoch`` of ``epochs`` is validated: every ``every``-th, and each of the
+    last LAST_EPOCHS, whose median is the headline."""
+    return epoch % every == 0 or epoch > epochs - LAST_EPOCHS
+
+
+def percent(value: float) -> str:
+    """A logged percentage; '-' for an epoch without validation."""
+    return f"{value:.2f}%" if math.isfinite(value) else "-"
+
+
 def summarize(history: list[dict[str, Any]]) -> dict[str, float]:
     """The cell's metrics from its per-epoch history: the val errors' (normbench.metrics), and
     the last epoch's train error."""
@@ -184,6 +196,8 @@ class Trainer:
 
     # The columns of history.csv; whether an epoch's row has a train error (a classifier's).
     history_columns: tuple[str, ...] = HISTORY_COLUMNS
+    # The history columns :meth:`evaluate` fills; empty (NaN) in an epoch without validation.
+    val_columns: tuple[str, ...] = ("val_loss", "val_error")
     has_train_error = True
 
     def __init__(self, run_dir: RunDir, cfg: Config, env: DistEnv) -> None:
@@ -194,8 +208,9 @@ class Trainer:
 
         self.data = self.build_data()
         self.train_loader, self.val_loader, self.sampler = build_loaders(
-            self.data, batch_per_rank=cfg.batch * self.chunks, world_size=env.world_size,
-            rank=env.rank, seed=cfg.seed, workers=cfg.dataset.workers,
+            self.data, batch_per_rank=cfg.batch * self.chunks,
+            val_batch_per_rank=cfg.val_batch or cfg.batch * self.chunks,
+            world_size=env.world_size, rank=env.rank, seed=cfg.seed, workers=cfg.dataset.workers,
             pin_memory=env.device.type == "cuda",
         )  # fmt: skip
         self.steps_per_epoch = steps_per_epoch(len(self.data.train), total_batch(cfg))
@@ -261,8 +276,8 @@ class Trainer:
     def epoch_summary(self, row: dict[str, Any]) -> str:
         """An epoch's numbers in its log line."""
         return (
-            f"train loss {row['train_loss']:.4f}  train err {row['train_error']:.2f}%  "
-            f"val err {row['val_error']:.2f}%"
+            f"train loss {row['train_loss']:.4f}  train err {percent(row['train_error'])}  "
+            f"val err {percent(row['val_error'])}"
         )
 
     def results(self) -> dict[str, Any]:
@@ -456,12 +471,13 @@ class Trainer:
             finally:
                 self.bar.stop()
             sync_running_stats(self.model)
+            evaluated = is_evaluated(p.epoch + 1, cfg.epochs, cfg.eval_every)
             row = {
                 "epoch": p.epoch + 1,
                 "step": p.step,
                 "train_loss": train["train_loss"],
                 **({"train_error": train["train_error"]} if self.has_train_error else {}),
-                **self.evaluate(),
+                **(self.evaluate() if evaluated else dict.fromkeys(self.val_columns, math.nan)),
                 "lr": p.last_lr,
                 "images_per_s": train["images"] / max(p.train_time - time_before, 1e-9),
                 "peak_mem_mb": peak_memory_mb(env.device),
@@ -470,7 +486,8 @@ class Trainer:
             p.history.append(row)
             p.epoch += 1
             p.batch_in_epoch = 0
-            tracker.log({f"epoch/{k}": v for k, v in row.items()}, step=p.step)
+            logged = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+            tracker.log({f"epoch/{k}": v for k, v in logged.items()}, step=p.step)
             if env.is_main:
                 log.info(
                     "epoch %d/%d  %s  lr %.4g  %.0f img/s", row["epoch"], cfg.epochs,
