@@ -118,7 +118,12 @@ def _cmd_sweep(args: list[str]) -> int:
     print(f"sweep: {len(planned)} cells into {', '.join(map(str, folders))}", flush=True)
     os.environ[SWEEP_KEYS_ENV] = ",".join(sweep.swept_keys(planned))  # the cells' line labels
     with sweep.Watch(planned) as watch, StopOnSignals() as stop:
-        multirun(sweep.costliest_first(planned) or args, total=len(planned))
+        if all(cell.done_before for cell in planned):
+            # Nothing to run: no launcher, so no worker processes (or SLURM jobs) to start.
+            for cell in planned:
+                print(f"skip {cell.run_dir.path}: already {cell.done_before}", flush=True)
+        else:
+            multirun(sweep.costliest_first(planned) or args, total=len(planned))
     written = []
     for folder in folders if stop.signum is None else []:  # stopped: leave at once, as asked
         config = next(c.config for c in planned if c.run_dir.path.parent == folder)

@@ -50,10 +50,13 @@ def test_rerunning_a_sweep_skips_finished_cells_and_rerun_true_archives(swept):
     root, args, _ = swept
     sweep_dir = root / "runs" / "tiny"
     before = {name: (sweep_dir / name / "metrics.json").read_bytes() for name in _cells(sweep_dir)}
+    launched = (sweep_dir / "multirun.yaml").stat().st_mtime_ns  # Hydra writes it per launch
     again = run_cli(args, cwd=root)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("skip ") == 2 and "epoch 1/" not in again.stdout
     assert {n: (sweep_dir / n / "metrics.json").read_bytes() for n in before} == before
+    # Every cell has its result: nothing is launched (no worker processes, no SLURM jobs).
+    assert (sweep_dir / "multirun.yaml").stat().st_mtime_ns == launched
 
     forced = run_cli([*args[:-2], "norm=gn", args[-1], "rerun=true"], cwd=root)
     assert forced.returncode == 0, forced.stderr
