@@ -1,0 +1,46 @@
+"""scripts/doubling_test.py: a cell passes when doubling its epochs moves its error by less than
+its seed-to-seed standard deviation; a cell without its seeds or its check is pending."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("doubling", ROOT / "scripts" / "doubling_test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cells(*rows: tuple[str, int, int, int, float]) -> pd.DataFrame:
+    """(norm, groups, seed, epochs, error) rows at 32 per GPU."""
+    return pd.DataFrame(
+        [{"norm_label": n, "batch": 32, "groups": g, "group_size": 0, "seed": s, "epochs": e,
+          "val_error_median5": v} for n, g, s, e, v in rows]
+    )  # fmt: skip
+
+
+def test_a_cell_passes_when_doubling_moves_it_less_than_its_seed_std() -> None:
+    doubling = _script()
+    tables = _cells(("gn", 8, 0, 320, 15.0), ("gn", 8, 1, 320, 15.4), ("gn", 8, 2, 320, 14.6),
+                    ("gn", 2, 0, 320, 20.0), ("ln", 0, 0, 320, 16.0), ("ln", 0, 1, 320, 16.1),
+                    ("ln", 0, 2, 320, 16.2))  # fmt: skip
+    check = _cells(("gn", 8, 0, 640, 14.8), ("ln", 0, 0, 640, 15.5), ("in", 0, 0, 640, 15.0))
+    rows = {row["cell"] + str(row["seeds (protocol)"]): row
+            for row in doubling.doubling_rows(tables, check)}  # fmt: skip
+    gn = rows["gn at 32 per GPU15.00, 15.40, 14.60"]  # G = 2 is another cell: not mixed in
+    assert gn["std"] == pytest.approx(0.4) and gn["change"] == pytest.approx(-0.2)
+    assert gn["passes"] == "yes" and gn["epochs"] == "320 -> 640"
+    ln = rows["ln at 32 per GPU16.00, 16.10, 16.20"]
+    assert ln["change"] == pytest.approx(-0.5) and ln["passes"] == "no"
+    assert ln["change / std"] == pytest.approx(5.0)
+    missing = rows["in at 32 per GPU-"]  # no seeds at the protocol's length yet
+    assert missing["passes"] == "pending" and math.isnan(missing["std"])
