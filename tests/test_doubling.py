@@ -3,21 +3,15 @@ its seed-to-seed standard deviation; a cell without its seeds or its check is pe
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("doubling", ROOT / "scripts" / "doubling_test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("doubling_test")
 
 
 def _cells(*rows: tuple[str, int, int, int, float]) -> pd.DataFrame:
