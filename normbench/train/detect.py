@@ -21,7 +21,6 @@ preemption, divergence checks, logging, emulated GPUs, DDP. What differs, read t
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import torch
@@ -35,7 +34,7 @@ from normbench.norms import set_emulated_gpus
 from normbench.track.rundir import RunDir
 from normbench.train.coco_eval import CocoEvaluator
 from normbench.train.distributed import DistEnv
-from normbench.train.loop import Trainer, _autocast
+from normbench.train.loop import Trainer, _autocast, shown
 
 log = logging.getLogger("normbench")
 
@@ -46,11 +45,6 @@ HISTORY_COLUMNS = (
 )  # fmt: skip
 
 Targets = list[dict[str, Any]]
-
-
-def _ap(value: float) -> str:
-    """A logged AP; '-' for an epoch without evaluation."""
-    return f"{value:.2f}" if math.isfinite(value) else "-"
 
 
 def to_device(
@@ -149,8 +143,8 @@ class DetectTrainer(Trainer):
 
     def epoch_summary(self, row: dict[str, Any]) -> str:
         return (
-            f"train loss {row['train_loss']:.4f}  box AP {_ap(row['box_ap'])}  "
-            f"mask AP {_ap(row['mask_ap'])}"
+            f"train loss {row['train_loss']:.4f}  box AP {shown(row['box_ap'])}  "
+            f"mask AP {shown(row['mask_ap'])}"
         )
 
     def results(self) -> dict[str, Any]:

@@ -169,9 +169,9 @@ def is_evaluated(epoch: int, epochs: int, every: int) -> bool:
     return epoch % every == 0 or epoch > epochs - LAST_EPOCHS
 
 
-def percent(value: float) -> str:
-    """A logged percentage; '-' for an epoch without validation."""
-    return f"{value:.2f}%" if math.isfinite(value) else "-"
+def shown(value: float, unit: str = "") -> str:
+    """A logged measurement; '-' for an epoch without validation."""
+    return f"{value:.2f}{unit}" if math.isfinite(value) else "-"
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -276,8 +276,8 @@ class Trainer:
     def epoch_summary(self, row: dict[str, Any]) -> str:
         """An epoch's numbers in its log line."""
         return (
-            f"train loss {row['train_loss']:.4f}  train err {percent(row['train_error'])}  "
-            f"val err {percent(row['val_error'])}"
+            f"train loss {row['train_loss']:.4f}  train err {shown(row['train_error'], '%')}  "
+            f"val err {shown(row['val_error'], '%')}"
         )
 
     def results(self) -> dict[str, Any]:
