@@ -106,6 +106,7 @@ def _cmd_sweep(args: list[str]) -> int:
     unfinished (cancelled, preempted: rerun to resume), 128 + N when stopped by signal N."""
     from normbench import sweep
     from normbench.hydra_app import expand_sweep, multirun, with_available_dataset
+    from normbench.job import skip_message
     from normbench.logs import SWEEP_KEYS_ENV
     from normbench.report import build_report, format_report
     from normbench.stop import StopOnSignals
@@ -121,7 +122,7 @@ def _cmd_sweep(args: list[str]) -> int:
         if all(cell.done_before for cell in planned):
             # Nothing to run: no launcher, so no worker processes (or SLURM jobs) to start.
             for cell in planned:
-                print(f"skip {cell.run_dir.path}: already {cell.done_before}", flush=True)
+                print(skip_message(cell.run_dir, cell.done_before), flush=True)
         else:
             multirun(sweep.costliest_first(planned) or args, total=len(planned))
     written = []

@@ -63,6 +63,11 @@ def check_reusable(run: RunDir, config: Config) -> None:
         )
 
 
+def skip_message(run: RunDir, result: Status) -> str:
+    """The line a cell that already has a result is skipped with (rerun=false)."""
+    return f"skip {run.path}: already {result}"
+
+
 def busy_message(run: RunDir) -> str:
     return f"another process is running this cell ({run.holder()})"
 
@@ -104,7 +109,7 @@ def _claimed(run: RunDir, config: Config, cell: Cell) -> Iterator[Outcome | None
             return
         result = run.result()  # finished by someone else while we waited?
         if result and not config.rerun:
-            log.info("skip %s: already %s", run.path, result)
+            log.info(skip_message(run, result))
             yield Outcome(Decision.SKIPPED, result)
             return
         if result:
@@ -190,7 +195,7 @@ def run_cell(config: Config, cell: Cell, *, start: bool = True) -> Outcome:
         return _run_as_rank(run, config, cell)
     result = run.result()
     if result and not config.rerun:
-        log.info("skip %s: already %s (rerun=true recomputes it)", run.path, result)
+        log.info("%s (rerun=true recomputes it)", skip_message(run, result))
         return Outcome(Decision.SKIPPED, result)
     with _claimed(run, config, cell) as stop:
         if stop is not None:
