@@ -51,6 +51,12 @@ ENTRIES: dict[str, list[list[str]]] = {
         ["experiment=converged-check", "norm=gn,ln,in", "batch=32"],
         ["experiment=converged-check", "norm=bn", "batch=2"],
     ],
+    # Table 2's length check: its four ends at 4x the epochs, seed 0, BN at 2 per GPU first.
+    "fashion_mnist-converged-8px-length": [
+        ["experiment=converged-length", "norm=bn", "batch=2"],
+        ["experiment=converged-length", "norm=bn,gn", "batch=32"],
+        ["experiment=converged-length", "norm=gn", "batch=2"],
+    ],
     # The preview of Table 2 on the same protocol: exactly `make demo` (one seed, 20 epochs).
     "fashion_mnist-batch": [["experiment=mini-batch"]],
     # The 2560-image protocol's Table 2 ends on all of Fashion-MNIST, trained 23x longer.
@@ -59,7 +65,13 @@ ENTRIES: dict[str, list[list[str]]] = {
     # Every norm of the zoo at 32, 8, 2 images per GPU on the 2560-image protocol (the defaults).
     "fashion_mnist-zoo": [["experiment=mini-zoo"]],
 }
-IN_PLACE = frozenset({"fashion_mnist-converged-8px", "fashion_mnist-converged-8px-check"})
+IN_PLACE = frozenset(
+    {
+        "fashion_mnist-converged-8px",
+        "fashion_mnist-converged-8px-check",
+        "fashion_mnist-converged-8px-length",
+    }
+)
 # What of a finished cell is committed: everything but checkpoints, locks and W&B files.
 RECORD_FILES = ("metrics.json", "history.csv", "steps.csv", "config.yaml", "job.json", "train.log")
 DONE = ("finished", "diverged")
