@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 
 # A cell small enough to train in seconds on 2 CPU cores; every test states what it changes.
+# A sweep of tiny cells runs them one after another in its own process (launcher=basic): each
+# worker process of the default launcher would import torch again, seconds per process on a
+# slow machine. Tests whose subject is the default launcher say launcher=parallel.
 TINY = [
+    "launcher=basic",
     "logger=none",
     "dataset=synthetic",
     "model=resnet8",
@@ -46,6 +50,23 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = N
         [sys.executable, "-m", "normbench", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
     )  # fmt: skip
+
+
+def run_here(args: list[str], capsys: pytest.CaptureFixture) -> subprocess.CompletedProcess:
+    """`normbench <args>` in this process, read like :func:`run_cli`'s result. For tests whose
+    subject is what a command does rather than the process it runs in (a real exit, signals,
+    tracebacks): a new interpreter spends seconds importing torch, which a slow machine feels."""
+    from normbench.cli import main
+
+    capsys.readouterr()  # what the test printed before is not the command's
+    environ = dict(os.environ)  # a command notes things there for the processes it starts
+    try:
+        code = main(args)
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["normbench", *args], code, out, err)
 
 
 @pytest.fixture(autouse=True, scope="session")

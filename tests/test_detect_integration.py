@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_here
 
 from normbench.cli import main
 from normbench.config import as_config, pretraining_norm
@@ -17,7 +18,6 @@ from normbench.hydra_app import compose, expand_sweep
 from normbench.metrics import DETECTION_NAMES
 from normbench.track import rundir
 from normbench.track.rundir import RunDir
-from tests.conftest import run_cli
 
 # A detection cell that trains in seconds: 8 scenes of 64 px, 2 GPUs x 2 images (2 steps).
 TINY_DETECT = [
@@ -229,20 +229,20 @@ def _history(cell: Path) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _fashion_mnist_here(), reason="needs Fashion-MNIST's files (grey 12 px)")
-def test_a_detection_cell_from_a_classification_run_trains_and_is_reported(tmp_path):
+def test_a_detection_cell_from_a_classification_run_trains_and_is_reported(
+    tmp_path, capsys, monkeypatch
+):
     """The chain in small: a classification run, a detection cell whose backbone starts from
     its checkpoint, metrics.json with the six APs, history.csv, and the COCO table."""
-    env = {"NORMBENCH_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
-    pretrain = run_cli(
-        ["train", *TINY_PRETRAIN, "norm=gn", f"out_dir={tmp_path / 'pre'}"], tmp_path, env=env
-    )
+    monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path / "data"))
+    pretrain = run_here(["train", *TINY_PRETRAIN, "norm=gn", f"out_dir={tmp_path / 'pre'}"], capsys)
     assert pretrain.returncode == 0, pretrain.stdout + pretrain.stderr
     backbone = _cell_dir(tmp_path / "pre")
     out = tmp_path / "det"
-    trained = run_cli(
+    trained = run_here(
         ["train", *TINY_DETECT, "norm=gn", f"model.pretrained='{backbone}'", f"out_dir={out}"],
-        tmp_path, env=env,
-    )  # fmt: skip
+        capsys,
+    )
     assert trained.returncode == 0, trained.stdout + trained.stderr
     cell = RunDir(next(p.parent for p in out.rglob("metrics.json")))
     metrics = cell.read_metrics()
@@ -255,7 +255,7 @@ def test_a_detection_cell_from_a_classification_run_trains_and_is_reported(tmp_p
     assert "val_error" not in row and float(row["train_loss"]) > 0
     assert f"COCO AP of the final model: box {metrics['box_ap']:.2f}" in trained.stdout
 
-    report = run_cli(["report", str(out / "fashion_scenes-maskrcnn_mini")], tmp_path, env=env)
+    report = run_here(["report", str(out / "fashion_scenes-maskrcnn_mini")], capsys)
     assert report.returncode == 0, report.stdout + report.stderr
     written = out / "fashion_scenes-maskrcnn_mini" / "report"
     assert "## Detection: Mask R-CNN box and mask AP" in (written / "report.md").read_text()
@@ -337,18 +337,17 @@ def test_a_preempted_detection_cell_resumes_to_the_uninterrupted_result(tmp_path
 
 
 @pytest.mark.slow
-def test_paper_detect_trains_one_step_on_coco_format_data(tmp_path):
+def test_paper_detect_trains_one_step_on_coco_format_data(tmp_path, capsys):
     """The paper's recipe (R-50-FPN, its heads and schedule) runs on a COCO-format folder: the
     scenes' writer makes a tiny one; only the sizes are overridden down."""
     from normbench.data.scenes import write_scenes
 
     coco = write_scenes(tmp_path / "coco", seed=0, train_images=2, val_images=2)
     out = tmp_path / "out"
-    trained = run_cli(
+    trained = run_here(
         ["train", "experiment=paper-detect", "norm=gn", "model.pretrained=null",
          f"dataset.root={coco}", "dataset.image_size=64", "gpus=1", "epochs=1", "logger=none",
-         "progress=false", f"out_dir={out}"],
-        tmp_path, env={"OMP_NUM_THREADS": "1"},
+         "progress=false", f"out_dir={out}"], capsys,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stdout + trained.stderr
     metrics = RunDir(_cell_dir(out)).read_metrics()

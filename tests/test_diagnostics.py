@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_here
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -164,12 +164,14 @@ def test_permuted_positions_split_the_val_set_like_one_process():
 
 
 @pytest.mark.slow
-def test_a_bn_cell_records_every_mode_and_its_headline_and_the_option_turns_it_off(tmp_path, tiny):
+def test_a_bn_cell_records_every_mode_and_its_headline_and_the_option_turns_it_off(
+    tmp_path, tiny, capsys
+):
     common = [*tiny, "norm=bn", "norm.eval_stats=first"]
     for enabled in ("true", "false"):
         out = tmp_path / enabled
-        result = run_cli(["train", *common, f"diagnostics.enabled={enabled}", f"out_dir={out}"],
-                         cwd=tmp_path)  # fmt: skip
+        result = run_here(["train", *common, f"diagnostics.enabled={enabled}", f"out_dir={out}"],
+                          capsys)  # fmt: skip
         assert result.returncode == 0, result.stderr
         metrics = json.loads(next(out.glob("*/*/metrics.json")).read_text())
         if enabled == "true":
@@ -183,8 +185,8 @@ def test_a_bn_cell_records_every_mode_and_its_headline_and_the_option_turns_it_o
 
 
 @pytest.mark.slow
-def test_batch_free_norms_have_no_diagnostics(tmp_path, tiny):
-    result = run_cli(["train", *tiny, "norm=gn", f"out_dir={tmp_path}"], cwd=tmp_path)
+def test_batch_free_norms_have_no_diagnostics(tmp_path, tiny, capsys):
+    result = run_here(["train", *tiny, "norm=gn", f"out_dir={tmp_path}"], capsys)
     assert result.returncode == 0, result.stderr
     metrics = json.loads(next(tmp_path.glob("*/*/metrics.json")).read_text())
     assert "val_error_batch" not in metrics

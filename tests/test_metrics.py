@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, run_here
 
 from normbench.config import Config
 from normbench.metrics import LABELS, NAMES, median_last, val_error_metrics
@@ -95,14 +95,16 @@ def test_which_epochs_are_validated(epochs, every, evaluated) -> None:
     assert [e for e in range(1, epochs + 1) if is_evaluated(e, epochs, every)] == evaluated
 
 
-def test_eval_every_and_val_batch_change_no_trained_weight_and_no_headline(tmp_path) -> None:
+def test_eval_every_and_val_batch_change_no_trained_weight_and_no_headline(
+    tmp_path, capsys
+) -> None:
     """Validating every 3rd epoch (and the last 5) with another batch: the same training, the
     same val errors where measured, empty val columns elsewhere, the same headline."""
     common = [*TINY, "dataset.train_size=64", "dataset.val_size=40", "epochs=7"]
     runs = {}
     for name, extra in (("every", []), ("sparse", ["eval_every=3", "val_batch=7"])):
         out = tmp_path / name
-        result = run_cli(["train", *common, *extra, f"out_dir={out}"], cwd=tmp_path)
+        result = run_here(["train", *common, *extra, f"out_dir={out}"], capsys)
         assert result.returncode == 0, result.stdout + result.stderr
         (cell,) = (p.parent for p in out.glob("*/*/metrics.json"))
         metrics = json.loads((cell / "metrics.json").read_text())

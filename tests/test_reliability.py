@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, run_here
 from filelock import FileLock
 
 from normbench.cli import BUSY_EXIT_CODE, main
@@ -197,7 +197,9 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name open files")
-def test_crash_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_path, reference):
+def test_crash_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(
+    tmp_path, capsys, reference
+):
     out = tmp_path / "out"
     script = tmp_path / "torn_write.py"
     script.write_text(TORN_WRITE)
@@ -213,7 +215,7 @@ def test_crash_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_pa
     assert _load(run_dir / rundir.CHECKPOINT)["progress"]["step"] == 3  # the previous one
     assert not (run_dir / rundir.METRICS).exists()
 
-    resumed = run_cli(args, cwd=tmp_path, env=ENV)
+    resumed = run_here(args, capsys)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming from checkpoint: epoch 1, batch 3, step 3" in resumed.stdout
     assert not torn.exists()
@@ -229,7 +231,9 @@ KILL_AT_STEP = [3, 6, 9]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at", KILL_AT_STEP)
-def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_result(tmp_path, reference, kill_at):
+def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_result(
+    tmp_path, capsys, reference, kill_at
+):
     out = tmp_path / "out"
     args = ["train", *CELL, f"out_dir={out}", "checkpoint_every_steps=3"]
     with _running(args, tmp_path) as process:
@@ -243,7 +247,7 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_result(tmp_path, r
     assert 0 < killed_at["batch_in_epoch"] < STEPS_PER_EPOCH  # in the middle of an epoch
     assert not (run_dir / rundir.METRICS).exists()
 
-    resumed = run_cli(args, cwd=tmp_path, env=ENV)
+    resumed = run_here(args, capsys)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"batch {killed_at['batch_in_epoch']}, step {killed_at['step']}" in resumed.stdout
     assert_same_result(reference, run_dir)
@@ -253,7 +257,7 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_result(tmp_path, r
 
 
 @pytest.mark.slow
-def test_sigterm_writes_a_checkpoint_exits_and_the_rerun_resumes(tmp_path, reference):
+def test_sigterm_writes_a_checkpoint_exits_and_the_rerun_resumes(tmp_path, capsys, reference):
     out = tmp_path / "out"
     args = ["train", *CELL, f"out_dir={out}", "checkpoint_every_steps=3"]
     with _running(args, tmp_path) as process:
@@ -268,7 +272,7 @@ def test_sigterm_writes_a_checkpoint_exits_and_the_rerun_resumes(tmp_path, refer
     assert expected in output
     assert not (run_dir / rundir.METRICS).exists()
 
-    resumed = run_cli(args, cwd=tmp_path, env=ENV)
+    resumed = run_here(args, capsys)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"step {saved['step']}" in resumed.stdout
     assert_same_result(reference, run_dir)
@@ -316,7 +320,7 @@ def test_a_diverged_cell_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     # wrote 1e+30) finds it and does not train again.
     (bn_diverged,) = [p for p in diverged if "norm=bn" in p.name]
     before = (bn_diverged / rundir.METRICS).read_text()
-    again = run_cli(["train", *QUICK, "optim.base_lr=1e30", f"out_dir={out}"], cwd=tmp_path)
+    again = run_here(["train", *QUICK, "optim.base_lr=1e30", f"out_dir={out}"], capsys)
     assert again.returncode == 0, again.stderr
     assert f"run directory: {bn_diverged}" in again.stdout and "diverged" in again.stdout
     assert (bn_diverged / rundir.METRICS).read_text() == before

@@ -38,7 +38,11 @@ MARK = "NORMBENCH_TEST_MARK"
 # finds both training, but on a slow machine the shorter one may have finished (seen with the
 # CPU throttled to the slowest machine's speed), so what is left is read from the run
 # directories. Resumed, each runs its remaining steps in seconds.
-CELLS = [*tiny("dataset.train_size=512", "epochs=1", "checkpoint_every_steps=4"), "batch=8,4"]
+# The default launcher: its worker processes are what a signal must end.
+CELLS = [
+    *tiny("launcher=parallel", "dataset.train_size=512", "epochs=1", "checkpoint_every_steps=4"),
+    "batch=8,4",
+]
 LABELS = ("batch=8", "batch=4")  # the cells in the sweep's order, as its lines name them
 STARTS_S = 300  # two cells to start and checkpoint, on a shared and busy machine
 
@@ -165,7 +169,8 @@ def test_a_signal_to_a_sweep_ends_every_process_and_the_next_sweep_resumes(tmp_p
     if signum != signal.SIGTERM:  # the same state as after SIGTERM: resumed once, there
         return
 
-    again = run_cli(["sweep", *args], cwd=tmp_path, timeout=STARTS_S, env=ENV)
+    # One cell after another: the resume is the subject here, not the launcher's processes.
+    again = run_cli(["sweep", *args, "launcher=basic"], cwd=tmp_path, timeout=STARTS_S, env=ENV)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("resuming from checkpoint") == len(left), again.stdout
     for run_dir in _cells(out):

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_here
 
 from normbench.hydra_app import expand_sweep
 
@@ -23,7 +23,9 @@ def swept(tmp_path_factory):
     from conftest import TINY
 
     root = tmp_path_factory.mktemp("sweep")
-    args = ["sweep", *TINY, "name=tiny", "norm=bn,gn", f"out_dir={root / 'runs'}"]
+    # The default launcher (cells at once in worker processes), as a user's first sweep runs.
+    args = ["sweep", *TINY, "launcher=parallel", "name=tiny", "norm=bn,gn",
+            f"out_dir={root / 'runs'}"]  # fmt: skip
     first = run_cli(args, cwd=root)
     assert first.returncode == 0, first.stdout + first.stderr
     return root, args, first
@@ -46,19 +48,19 @@ def test_a_two_cell_sweep_writes_one_directory_per_cell_and_a_report(swept):
 
 
 @pytest.mark.slow
-def test_rerunning_a_sweep_skips_finished_cells_and_rerun_true_archives(swept):
+def test_rerunning_a_sweep_skips_finished_cells_and_rerun_true_archives(swept, capsys):
     root, args, _ = swept
     sweep_dir = root / "runs" / "tiny"
     before = {name: (sweep_dir / name / "metrics.json").read_bytes() for name in _cells(sweep_dir)}
     launched = (sweep_dir / "multirun.yaml").stat().st_mtime_ns  # Hydra writes it per launch
-    again = run_cli(args, cwd=root)
+    again = run_here(args, capsys)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("skip ") == 2 and "epoch 1/" not in again.stdout
     assert {n: (sweep_dir / n / "metrics.json").read_bytes() for n in before} == before
     # Every cell has its result: nothing is launched (no worker processes, no SLURM jobs).
     assert (sweep_dir / "multirun.yaml").stat().st_mtime_ns == launched
 
-    forced = run_cli([*args[:-2], "norm=gn", args[-1], "rerun=true"], cwd=root)
+    forced = run_cli([*args[:-2], "norm=gn", args[-1], "rerun=true", "launcher=basic"], cwd=root)
     assert forced.returncode == 0, forced.stderr
     gn_cell = next(n for n in before if ",norm=gn" in n)
     archived = list((sweep_dir / gn_cell / "archive").glob("*/metrics.json"))
@@ -67,7 +69,7 @@ def test_rerunning_a_sweep_skips_finished_cells_and_rerun_true_archives(swept):
 
 
 @pytest.mark.slow
-def test_a_finished_cell_is_never_reused_for_another_config(swept):
+def test_a_finished_cell_is_never_reused_for_another_config(swept, capsys):
     root, args, _ = swept
     sweep_dir = root / "runs" / "tiny"
     before = {name: (sweep_dir / name / "metrics.json").read_bytes() for name in _cells(sweep_dir)}
@@ -78,7 +80,7 @@ def test_a_finished_cell_is_never_reused_for_another_config(swept):
     assert "base_lr: 0.1\n" in original
     config.write_text(original.replace("base_lr: 0.1\n", "base_lr: 0.3\n"))
     try:
-        changed = run_cli(args, cwd=root)
+        changed = run_here(args, capsys)
     finally:
         config.write_text(original)
     assert changed.returncode == 2
@@ -88,7 +90,7 @@ def test_a_finished_cell_is_never_reused_for_another_config(swept):
     assert "epoch 1/" not in changed.stdout
     assert {n: (sweep_dir / n / "metrics.json").read_bytes() for n in before} == before
     # Settings that do not change what a cell computes still reuse it.
-    quiet = run_cli([*args, "log_every_steps=7", "cpu_threads=2"], cwd=root)
+    quiet = run_here([*args, "log_every_steps=7", "cpu_threads=2"], capsys)
     assert quiet.returncode == 0 and quiet.stdout.count("skip ") == 2, quiet.stderr
 
 

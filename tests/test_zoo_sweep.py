@@ -45,7 +45,8 @@ def test_a_tiny_zoo_sweep_runs_and_reports_its_figures(tmp_path) -> None:
         "sweep", "experiment=mini-zoo", "norm=gn_ws,evonorm_b0,evonorm_s0,iternorm,dbn",
         "batch=8,2", "logger=none", "dataset=synthetic", "dataset.train_size=128",
         "dataset.val_size=32", "dataset.image_size=8", "epochs=1", "model=resnet8",
-        "model.width=8", "norm.group_size=4", "progress=false", f"out_dir={tmp_path}",
+        "model.width=8", "norm.group_size=4", "progress=false", "launcher=basic",
+        f"out_dir={tmp_path}",
     ]  # fmt: skip
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
