@@ -441,8 +441,8 @@ def test_unreadable_image_is_one_line_whatever_the_workers(tmp_path, workers, de
 
 
 @pytest.mark.slow
-def test_skipped_images_are_counted_once_over_workers_and_ranks_and_reported(tmp_path):
-    from conftest import run_cli
+def test_skipped_images_are_counted_once_over_workers_and_ranks_and_reported(tmp_path, capsys):
+    from conftest import run_cli, run_here
 
     bad = _with_corrupt_image(tmp_path / "data")
     (tmp_path / "data" / "val" / "ant" / "9.JPEG").write_bytes(b"")  # and one in val
@@ -454,7 +454,7 @@ def test_skipped_images_are_counted_once_over_workers_and_ranks_and_reported(tmp
     # 2 epochs x 2 ranks x 2 loader workers each may meet the same file: it counts once.
     assert json.loads(metrics.read_text())["skipped_images"] == 2
     assert str(bad) in (metrics.parent / "skipped_images.txt").read_text()
-    report = run_cli(["report", str(metrics.parent.parent)], cwd=tmp_path)
+    report = run_here(["report", str(metrics.parent.parent)], capsys)
     assert report.returncode == 0, report.stderr
     assert f"images skipped (trained and evaluated without them): {metrics.parent.name}: 2" in (
         report.stdout

@@ -374,12 +374,12 @@ def test_a_cell_held_by_another_process_is_left_alone(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_on_a_busy_cell_exits_non_zero_naming_the_process_that_holds_it(tmp_path):
+def test_train_on_a_busy_cell_exits_non_zero_naming_the_process_that_holds_it(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["train", *tiny("dataset.train_size=64", "dataset.val_size=32"), f"out_dir={out}"]
     with _running([*args, "epochs=200"], tmp_path) as holder:
         _wait_for_checkpoint(out, holder, lambda progress: progress["step"] >= 1)
-        busy = run_cli([*args, "epochs=200"], cwd=tmp_path, env=ENV)
+        busy = run_here([*args, "epochs=200"], capsys)
         assert holder.poll() is None  # still training: the lock was really held
     assert busy.returncode == BUSY_EXIT_CODE, busy.stdout + busy.stderr
     (line,) = busy.stderr.strip().splitlines()

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_here
 from wandb_records import (
     config,
     exit_code,
@@ -113,8 +113,8 @@ def test_a_resumed_cell_continues_the_same_run(sweep, tmp_path):
 
 
 @pytest.mark.slow
-def test_logger_none_writes_no_wandb_files(tmp_path, tiny):
-    result = run_cli(["train", *tiny, "epochs=1", f"out_dir={tmp_path / 'runs'}"], cwd=tmp_path)
+def test_logger_none_writes_no_wandb_files(tmp_path, tiny, capsys):
+    result = run_here(["train", *tiny, "epochs=1", f"out_dir={tmp_path / 'runs'}"], capsys)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (next((tmp_path / "runs").glob("*/*/metrics.json"))).exists()
     assert not list(tmp_path.rglob("wandb*")) and not list(tmp_path.rglob("*.wandb"))
