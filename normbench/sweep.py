@@ -286,7 +286,10 @@ class Watch:
                 continue
             done = sum(s != Status.UNFINISHED for s in self.states())
             if done != last_done or time.time() - last_line >= self.every_s:
-                print(self.line(), flush=True)
+                # One write per line: print() writes the newline apart, and a cell training
+                # in this process (launcher=basic) could log between the two.
+                sys.stdout.write(self.line() + "\n")
+                sys.stdout.flush()
                 last_done, last_line = done, time.time()
 
     def summary(

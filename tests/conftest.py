@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -65,6 +66,13 @@ def run_here(args: list[str], capsys: pytest.CaptureFixture) -> subprocess.Compl
     finally:
         os.environ.clear()
         os.environ.update(environ)
+        # As when a process ends: its console handler holds this test's captured stdout.
+        logger = logging.getLogger("normbench")
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(["normbench", *args], code, out, err)
 

@@ -382,7 +382,9 @@ def test_train_on_a_busy_cell_exits_non_zero_naming_the_process_that_holds_it(tm
         busy = run_here([*args, "epochs=200"], capsys)
         assert holder.poll() is None  # still training: the lock was really held
     assert busy.returncode == BUSY_EXIT_CODE, busy.stdout + busy.stderr
-    (line,) = busy.stderr.strip().splitlines()
+    lines = busy.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    (line,) = lines
     assert f"pid {holder.pid} on {socket.gethostname()}" in line, line
     assert "val top-1 error" not in busy.stdout
 
