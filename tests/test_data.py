@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
-import multiprocessing
 import os
 import pickle
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,6 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from normbench.data import (
-    DatasetBundle,
     build_datasets,
     cifar,
     dataset_dir,
@@ -31,7 +28,6 @@ from normbench.data import (
 )
 from normbench.data.memory import InMemoryImageDataset, collate
 from normbench.errors import UserError
-from normbench.train.loader import build_loaders
 
 ALL_DATASETS = {"cifar10", "cifar100", "fashion_mnist", "imagenet", "synthetic"}
 
@@ -140,24 +136,6 @@ def test_loader_workers_see_set_epoch():
         ds.set_epoch(epoch)
         loaded = torch.cat([images for images, _ in loader])
         assert torch.equal(loaded, ds.__getitems__(list(range(10))).images)
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="fork is the default only on Linux")
-def test_loader_workers_fork_even_in_a_rank_started_by_spawn(monkeypatch):
-    """The elastic agent starts ranks with spawn, which becomes their default start method; their
-    loader workers still fork (as under torchrun), instead of importing torch once each."""
-    monkeypatch.setattr(multiprocessing.context._default_context, "_actual_context", None)
-    multiprocessing.set_start_method("spawn")  # what a spawned rank's interpreter is given
-    bundle = DatasetBundle(_memory_dataset(), _memory_dataset(augment=False), 3, 3, 8, collate)
-    common = {"batch_per_rank": 5, "val_batch_per_rank": 5, "world_size": 1, "rank": 0, "seed": 0,
-              "pin_memory": False}  # fmt: skip
-    for workers, method in ((2, "fork"), (0, None)):
-        train, val, _ = build_loaders(bundle, workers=workers, **common)
-        for loader in (train, val):
-            context = loader.multiprocessing_context
-            assert (context and context.get_start_method()) == method
-        images, _ = next(iter(train))
-        assert images.shape == (5, 3, 8, 8)
 
 
 # ---------------------------------------------------------------- Fashion-MNIST

@@ -12,7 +12,6 @@ images twice and biases the error).
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterator
 
 import torch
@@ -104,7 +103,6 @@ def build_loaders(
         "pin_memory": pin_memory,
         "collate_fn": data.collate_fn,
         "persistent_workers": workers > 0,
-        "multiprocessing_context": loader_start_method(workers),
     }
     train = Loader(
         data.train, batch_size=batch_per_rank, sampler=train_sampler, drop_last=True, **common
@@ -112,13 +110,6 @@ def build_loaders(
     val_sampler = ValSampler(len(data.val), num_replicas=world_size, rank=rank)
     val = Loader(data.val, batch_size=val_batch_per_rank, sampler=val_sampler, **common)
     return train, val, train_sampler
-
-
-def loader_start_method(workers: int) -> str | None:
-    """How loader workers start: by fork on Linux, as under torchrun and a script there. A rank
-    started by the elastic agent (spawn) would otherwise hand spawn on to its loader workers,
-    and each would import torch and unpickle the dataset again (seconds per worker)."""
-    return "fork" if workers > 0 and sys.platform == "linux" else None
 
 
 def steps_per_epoch(train_size: int, total_batch: int) -> int:
