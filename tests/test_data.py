@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import multiprocessing
 import os
 import pickle
 import re
@@ -18,6 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from normbench.data import (
+    DatasetBundle,
     build_datasets,
     cifar,
     dataset_dir,
@@ -28,6 +30,7 @@ from normbench.data import (
 )
 from normbench.data.memory import InMemoryImageDataset, collate
 from normbench.errors import UserError
+from normbench.train.loader import build_loaders
 
 ALL_DATASETS = {"cifar10", "cifar100", "fashion_mnist", "imagenet", "synthetic"}
 
@@ -136,6 +139,31 @@ def test_loader_workers_see_set_epoch():
         ds.set_epoch(epoch)
         loaded = torch.cat([images for images, _ in loader])
         assert torch.equal(loaded, ds.__getitems__(list(range(10))).images)
+
+
+@pytest.mark.skipif(
+    "forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here"
+)
+def test_loader_workers_of_a_spawned_rank_start_from_a_fork_server(monkeypatch):
+    """torchrun's elastic agent spawns ranks, and spawn is what they hand on: their loader
+    workers come from a fork server with torch and the dataset's module imported once, instead
+    of each importing torch; elsewhere the default start method is left alone."""
+    bundle = DatasetBundle(_memory_dataset(), _memory_dataset(augment=False), 3, 3, 8, collate)
+    common = {"batch_per_rank": 5, "val_batch_per_rank": 5, "world_size": 1, "rank": 0, "seed": 0,
+              "pin_memory": False}  # fmt: skip
+    monkeypatch.setattr(multiprocessing.context._default_context, "_actual_context", None)
+    multiprocessing.set_start_method("spawn")  # what a spawned rank's interpreter is given
+    train, val, _ = build_loaders(bundle, workers=2, **common)
+    for loader in (train, val):
+        assert loader.multiprocessing_context.get_start_method() == "forkserver"
+    assert multiprocessing.forkserver._forkserver._preload_modules == [
+        "torch", type(bundle.train).__module__,
+    ]  # fmt: skip
+    images, _ = next(iter(train))
+    assert images.shape == (5, 3, 8, 8)
+    assert build_loaders(bundle, workers=0, **common)[0].multiprocessing_context is None
+    multiprocessing.set_start_method("fork", force=True)
+    assert build_loaders(bundle, workers=2, **common)[0].multiprocessing_context is None
 
 
 # ---------------------------------------------------------------- Fashion-MNIST

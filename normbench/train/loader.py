@@ -11,6 +11,7 @@ images twice and biases the error).
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 from collections.abc import Iterator
 
@@ -103,6 +104,7 @@ def build_loaders(
         "pin_memory": pin_memory,
         "collate_fn": data.collate_fn,
         "persistent_workers": workers > 0,
+        "multiprocessing_context": worker_context(data.train) if workers > 0 else None,
     }
     train = Loader(
         data.train, batch_size=batch_per_rank, sampler=train_sampler, drop_last=True, **common
@@ -110,6 +112,22 @@ def build_loaders(
     val_sampler = ValSampler(len(data.val), num_replicas=world_size, rank=rank)
     val = Loader(data.val, batch_size=val_batch_per_rank, sampler=val_sampler, **common)
     return train, val, train_sampler
+
+
+def worker_context(dataset: Dataset) -> multiprocessing.context.BaseContext | None:
+    """How loader workers start where this process would spawn them: from a fork server that
+    has torch and the dataset's module imported. Ranks started by torchrun's elastic agent are
+    spawned, and spawn is what they hand on, so each loader worker would import torch anew
+    (seconds each); a fork server does that once per rank, and unlike forking the rank itself
+    (which holds the process group's threads) it forks a process that runs no threads. None
+    (the default start method) everywhere else."""
+    if multiprocessing.get_start_method() != "spawn":
+        return None
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", type(dataset).__module__])
+    return context
 
 
 def steps_per_epoch(train_size: int, total_batch: int) -> int:
