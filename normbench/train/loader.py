@@ -120,8 +120,8 @@ def worker_context(dataset: Dataset) -> multiprocessing.context.BaseContext | No
     spawned, and spawn is what they hand on, so each loader worker would import torch anew
     (seconds each); a fork server does that once per rank, and unlike forking the rank itself
     (which holds the process group's threads) it forks a process that runs no threads. None
-    (the default start method) everywhere else."""
-    if multiprocessing.get_start_method() != "spawn":
+    (the default start method) everywhere else; asking does not fix the process's method."""
+    if multiprocessing.get_start_method(allow_none=True) != "spawn":
         return None
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return None
