@@ -53,19 +53,21 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # The mini's defaults, for 64-px scenes of 12-28 px items on one CPU thread (see maskrcnn_mini).
 MINI_IMAGE_SIZE = 64
-MINI_CHANNELS = 64
+MINI_CHANNELS = 32
 MINI_BOX_CONVS = 2
 MINI_MASK_CONVS = 2
 MINI_FC = 256
+MINI_MASK_POOL = 7  # the mask head's RoI side: masks of 14 px after its 2x upsampling
 # Fewer proposals and sampled RoIs per image than COCO's (2000/1000 proposals, 512 RoIs): a
-# scene holds a handful of items, and every RoI costs the heads' convs on a CPU.
+# scene holds at most 4 items, and every RoI costs the heads' convs on a CPU (32 RoIs, a
+# quarter of them positive, still sample up to 8 per image).
 MINI_OPTIONS: dict[str, Any] = {
     "rpn_pre_nms_top_n_train": 300,
     "rpn_post_nms_top_n_train": 100,
     "rpn_pre_nms_top_n_test": 150,
     "rpn_post_nms_top_n_test": 50,
     "rpn_batch_size_per_image": 64,
-    "box_batch_size_per_image": 64,
+    "box_batch_size_per_image": 32,
     "box_detections_per_img": 50,
 }
 
@@ -163,13 +165,17 @@ def maskrcnn_mini(
     56 px (every item) are pooled from the stride-2 level, one bilinear sample per bin
     (sampling_ratio=1: RoIAlign's backward was a fifth of a step with 2x2 samples). The box
     head has ``box_convs`` convs + 1 fc of 256, the mask head ``mask_convs`` convs (the paper's:
-    4 + 1 fc of 1024, and 4). Images are not resized (min_size = max_size = ``image_size``;
-    they are padded to a multiple of 32) and are normalized with Fashion-MNIST's mean and std.
+    4 + 1 fc of 1024, and 4) on RoIs of 7 px, whose masks are 14 px after the predictor's 2x
+    upsampling (about the items' own resolution: they are 12-28 px). Images are not resized
+    (min_size = max_size = ``image_size``; they are padded to a multiple of 32) and are
+    normalized with Fashion-MNIST's mean and std.
     Proposals and sampled RoIs per image are :data:`MINI_OPTIONS`; ``options`` override any of
     torchvision's MaskRCNN arguments.
 
-    Cost, measured with the defaults: one training step (forward + backward) of 2 images of
-    64 px with 3 items each takes 0.105 s of CPU time on one thread with bn, 0.135 s with gn.
+    Cost, measured with the defaults (results/tuning.md, "The detection mini's cheaper step"):
+    a training step of 8 emulated GPUs x 2 scenes (forwards, backward, SGD) takes about 0.30 s
+    of CPU time on one thread with gn or bn, against 0.87 s with 64 channels, 64 RoIs per image
+    and 14-px mask RoIs.
     """
     if backbone not in CIFAR_RESNETS:
         raise UserError(
@@ -196,7 +202,11 @@ def maskrcnn_mini(
             levels, output_size=7, sampling_ratio=1, canonical_scale=56, canonical_level=2
         ),
         "mask_roi_pool": MultiScaleRoIAlign(
-            levels, output_size=14, sampling_ratio=1, canonical_scale=56, canonical_level=2
+            levels,
+            output_size=MINI_MASK_POOL,
+            sampling_ratio=1,
+            canonical_scale=56,
+            canonical_level=2,
         ),
     }
     return _mask_rcnn(
@@ -260,7 +270,7 @@ class _DetectorEntry:
 
 _DETECTORS: dict[str, _DetectorEntry] = {
     "maskrcnn_mini": _DetectorEntry(
-        "Mask R-CNN + FPN on a CIFAR-style ResNet (resnet8 by default), 64-channel FPN and "
+        "Mask R-CNN + FPN on a CIFAR-style ResNet (resnet8 by default), 32-channel FPN and "
         "heads: the CPU mini for 64-px scenes",
         maskrcnn_mini,
     ),
