@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -47,10 +48,19 @@ def load_script(name: str):
 def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None):
     """`normbench <args>` in a fresh process; returns the CompletedProcess (text output)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "normbench", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
-    )  # fmt: skip
+    # A session of its own, so that a timeout kills the command's whole process group (its DDP
+    # ranks and loader workers too): killing the CLI alone left them running into later tests.
+    with subprocess.Popen(
+        [sys.executable, "-m", "normbench", *args], cwd=cwd, env=full_env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    ) as process:  # fmt: skip
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+            raise subprocess.TimeoutExpired(process.args, timeout, out, err) from None
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def run_here(args: list[str], capsys: pytest.CaptureFixture) -> subprocess.CompletedProcess:
