@@ -14,7 +14,8 @@ preemption, divergence checks, logging, emulated GPUs, DDP. What differs, read t
   the norm has per-GPU batch statistics (BN's statistics are each GPU's ``batch`` images, as on
   real GPUs), one forward otherwise; the loss is the sum of Mask R-CNN's losses;
 - evaluation: COCO box and mask AP, AP50, AP75 by pycocotools (:mod:`normbench.train.coco_eval`)
-  after each epoch, BN's running statistics combined first as in classification;
+  after each validated epoch (``eval_every`` and the last 5, as in classification), BN's
+  running statistics combined first;
 - results: the final model's six APs (the paper's headline), in metrics.json and W&B.
 """
 
