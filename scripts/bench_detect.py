@@ -50,7 +50,7 @@ from normbench.config import Config, as_config, learning_rate
 from normbench.data import coco
 from normbench.data.scenes import CHANNELS, NUM_CLASSES, write_scenes
 from normbench.hydra_app import compose
-from normbench.models.detection import MINI_OPTIONS
+from normbench.models.detection import MINI_CHANNELS, MINI_MASK_POOL, MINI_OPTIONS
 from normbench.norms import set_emulated_gpus
 from normbench.train.detect import build_cell_detector
 from normbench.train.emulate import emulated_forward
@@ -341,8 +341,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     emulated_repeats = max(3, args.repeats // 2)
     report = Report("detect", "Detection step: normbench vs torchvision's Mask R-CNN and loop")
     report.add(
-        f"maskrcnn_mini as `experiment=mini-detect` builds it (ResNet-8 body, FPN and heads of 64 "
-        f"channels, 64-px scenes from `write_scenes`, from scratch), {PER_GPU} images per GPU. "
+        f"maskrcnn_mini as `experiment=mini-detect` builds it (ResNet-8 body, FPN and heads of "
+        f"{MINI_CHANNELS} channels, {MINI_OPTIONS['box_batch_size_per_image']} RoIs per image, "
+        f"mask RoIs of {MINI_MASK_POOL} px, 64-px scenes from `write_scenes`, from scratch), "
+        f"{PER_GPU} images per GPU. "
         "torchvision: the same architecture from torchvision's parts and norm layers with "
         "normbench's weights, and its reference loop's step. Before timing, both models' losses "
         "on the same batch are checked to agree (relative difference below 1e-4); every step "
