@@ -50,19 +50,14 @@ table-norms: setup ## Table 1: BN, LN, IN, GN at 32 images per GPU
 table-zoo: setup ## every norm (bn .. evonorm, iternorm, dbn) at 32, 8, 2 images per GPU: heatmap + plot (mini only)
 	$(NB) sweep experiment=mini-zoo $(ARGS)
 
-# The classification runs whose checkpoints the paper-scale detection cells start from.
+# The classification runs whose checkpoints the detection cells start from, per EXPERIMENT.
+PRETRAIN_mini := experiment=detect-pretrain
 PRETRAIN_paper := experiment=paper-batch batch=32
 
-# mini: the committed table (results/fashion_scenes-detect; committed cells are skipped, its
-# pretraining runs only while a cell is unfinished, RUN.md gains a line). paper: the sweeps.
 table-detect: setup ## COCO table (Mask R-CNN): pretraining, then BN*, BN, SyncBN, GN and GN from scratch at 2 images/GPU, then the report
-ifeq ($(EXPERIMENT),mini)
-	$(BIN)/python scripts/reproduce.py fashion_scenes-detect
-else
 	$(NB) sweep $(PRETRAIN_$(EXPERIMENT)) $(ARGS)
 	$(NB) sweep experiment=$(EXPERIMENT)-detect $(ARGS)
 	$(NB) sweep experiment=$(EXPERIMENT)-detect norm=gn model.pretrained=null $(ARGS)
-endif
 
 ablation-groups: setup ## Table 3: GN with G = 64..1 groups, then 64..1 channels per group
 	$(NB) sweep experiment=$(EXPERIMENT)-groups $(ARGS)

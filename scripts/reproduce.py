@@ -64,25 +64,12 @@ ENTRIES: dict[str, list[list[str]]] = {
     "fashion_mnist-batch-full-seeds": [["experiment=mini-batch-full", "seed=1,2"]],
     # Every norm of the zoo at 32, 8, 2 images per GPU on the 2560-image protocol (the defaults).
     "fashion_mnist-zoo": [["experiment=mini-zoo"]],
-    # The GN paper's COCO table at CPU scale (`make table-detect`): BN*, BN, SyncBN and GN at 2
-    # scenes per GPU, each from its norm's pretraining run, then GN from scratch; 3 seeds.
-    "fashion_scenes-detect": [
-        ["experiment=mini-detect"],
-        ["experiment=mini-detect", "norm=gn", "model.pretrained=null"],
-    ],
-}
-# Sweeps an entry needs first whose cells are not its results (their folder is git-ignored):
-# the classification runs the detectors' backbones start from. They run only while a cell of
-# the entry is unfinished, so a clone whose records are all committed trains nothing.
-PREPARE: dict[str, list[list[str]]] = {
-    "fashion_scenes-detect": [["experiment=detect-pretrain"]],
 }
 IN_PLACE = frozenset(
     {
         "fashion_mnist-converged-8px",
         "fashion_mnist-converged-8px-check",
         "fashion_mnist-converged-8px-length",
-        "fashion_scenes-detect",
     }
 )
 # What of a finished cell is committed: everything but checkpoints, locks and W&B files.
@@ -146,24 +133,6 @@ def experiment_dir(args: list[str], out_dir: Path) -> Path:
     return Path(cfg.out_dir) / cfg.name
 
 
-def unfinished_cells(args: list[str], out_dir: Path) -> list[str]:
-    """The names of the sweep's cells that have no result yet (composed, not validated: a
-    detection cell's pretraining run may not exist yet)."""
-    sys.path.insert(0, str(ROOT))
-    from normbench.config import as_config
-    from normbench.hydra_app import compose, expand_sweep
-    from normbench.track.cell import Cell
-    from normbench.track.rundir import RunDir
-
-    left = []
-    for overrides in expand_sweep([*args, f"out_dir={out_dir}"]):
-        cfg = as_config(compose(overrides))
-        cell = Cell.of(cfg, overrides)
-        if RunDir(ROOT / cell.directory(cfg.out_dir)).result() is None:
-            left.append(cell.name)
-    return left
-
-
 def finished_cells(experiment: Path) -> list[Path]:
     """Cell folders whose metrics.json holds a result."""
     done = []
@@ -224,13 +193,8 @@ class CellCommitter(threading.Thread):
 
 def run_md_header(entry: str, sweeps: list[list[str]], out_dir: Path) -> list[str]:
     lines = [f"# {entry}", "", f"Produced by `python scripts/reproduce.py {entry}`, i.e.:", ""]
-
-    def command(args: list[str]) -> str:
-        return "    " + shlex.join(["normbench", "sweep", *args, f"out_dir={out_dir}"])
-
-    prepared = [command(a) + "    # first, while a cell below is unfinished"
-                for a in PREPARE.get(entry, [])]  # fmt: skip
-    return lines + prepared + [command(a) for a in sweeps] + [""]
+    return lines + ["    " + shlex.join(["normbench", "sweep", *a, f"out_dir={out_dir}"])
+                    for a in sweeps] + [""]  # fmt: skip
 
 
 def reproduce(entry: str, out_dir: Path, commit_cells: bool, scratch: Path) -> None:
@@ -247,9 +211,6 @@ def reproduce(entry: str, out_dir: Path, commit_cells: bool, scratch: Path) -> N
         committer.start()
     start = time.time()
     try:
-        if any(unfinished_cells(args, out_dir) for args in sweeps):
-            for args in PREPARE.get(entry, []):
-                sweep(args, out_dir)
         commands = [sweep(args, out_dir) for args in sweeps]
     finally:
         if committer is not None:

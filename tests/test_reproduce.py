@@ -79,34 +79,3 @@ def test_committer_skips_cells_committed_before(repo: Path) -> None:
     assert again.committed == {experiment / "batch=2,norm=bn,seed=0"}
     again.sweep_once()
     assert len(_git(repo, "log", "--oneline").splitlines()) == commits
-
-
-def test_prepare_sweeps_run_only_while_a_cell_is_unfinished(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The detection table's pretraining runs first on a fresh machine, and not at all where
-    every detection cell's record is committed (a clone that only rebuilds the report)."""
-    reproduce = _reproduce()
-    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
-    monkeypatch.setattr(reproduce, "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(reproduce, "yardstick", lambda scratch: 1000.0)
-    monkeypatch.setattr(reproduce, "normbench", lambda args: None)  # the report
-    ran: list[list[str]] = []
-    monkeypatch.setattr(reproduce, "sweep", lambda args, out: (ran.append(args), ("", 0.0))[1])
-    entry = "fashion_scenes-detect"
-    sweeps = reproduce.ENTRIES[entry]
-    experiment = tmp_path / "results" / "fashion_scenes-detect"
-    experiment.mkdir(parents=True)  # what the sweeps would have made
-
-    reproduce.reproduce(entry, tmp_path / "runs", commit_cells=False, scratch=tmp_path / "s")
-    assert ran == [*reproduce.PREPARE[entry], *sweeps]
-
-    # Every cell finished (as after a clone of a complete table): the pretraining is skipped.
-    cells = [name for args in sweeps for name in reproduce.unfinished_cells(args, Path("results"))]
-    assert len(cells) == 15  # BN*, BN, SyncBN, GN and GN from scratch x 3 seeds
-    for name in cells:
-        _cell(experiment, name, "finished")
-    ran.clear()
-    reproduce.reproduce(entry, tmp_path / "runs", commit_cells=False, scratch=tmp_path / "s")
-    assert ran == sweeps
-    assert "first, while a cell below is unfinished" in (experiment / "RUN.md").read_text()
