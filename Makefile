@@ -12,7 +12,7 @@ NB := $(BIN)/normbench
 EXPERIMENT ?= mini
 ARGS ?=
 
-.PHONY: help setup demo test test-fast lint table-batch table-norms table-zoo table-detect ablation-groups results results-all bench report clean
+.PHONY: help setup demo test test-fast lint table-batch table-norms table-zoo table-detect ablation-groups results results-budget results-all bench report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ ablation-groups: setup ## Table 3: GN with G = 64..1 groups, then 64..1 channels
 
 results: setup ## the headline: the converged Tables 1-3 on Fashion-MNIST (hours; committed cells are skipped)
 	$(BIN)/python scripts/reproduce.py fashion_mnist-converged-8px
+
+results-budget: setup ## how long `make results` takes on this machine and the slowest seen (a ~10-min short run)
+	$(BIN)/python scripts/bench_results.py fashion_mnist-converged-8px
 
 results-all: setup ## every committed CPU-scale result, the earlier protocols' too (each RUN.md has its time)
 	$(BIN)/python scripts/reproduce.py

@@ -41,6 +41,7 @@ def load_script(name: str):
     path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # a dataclass looks its module up there while it is defined
     spec.loader.exec_module(module)
     return module
 
