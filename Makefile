@@ -66,7 +66,7 @@ ablation-groups: setup ## Table 3: GN with G = 64..1 groups, then 64..1 channels
 results: setup ## the headline: the converged Tables 1-3 on Fashion-MNIST (hours; committed cells are skipped)
 	$(BIN)/python scripts/reproduce.py fashion_mnist-converged-8px
 
-results-budget: setup ## how long `make results` takes on this machine and the slowest seen (a ~10-min short run)
+results-budget: setup ## how long `make results` takes here and on the slowest machine seen (a 12-epoch run: 7 min here)
 	$(BIN)/python scripts/bench_results.py fashion_mnist-converged-8px
 
 results-all: setup ## every committed CPU-scale result, the earlier protocols' too (each RUN.md has its time)
