@@ -128,6 +128,9 @@ def _cmd_sweep(args: list[str]) -> int:
     written = []
     for folder in folders if stop.signum is None else []:  # stopped: leave at once, as asked
         config = next(c.config for c in planned if c.run_dir.path.parent == folder)
+        if not config.report:
+            print(f"no report (report=false): `normbench report {folder}` builds it", flush=True)
+            continue
         report = build_report(folder, metric=config.metric)
         print(format_report(report))
         if config.logger.kind == "wandb":

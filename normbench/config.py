@@ -216,6 +216,10 @@ class Config:
     # choice. A run of 5 epochs or fewer should say val_error_final: its "last 5" would be all
     # its epochs.
     metric: str = "val_error_median5"
+    # Whether a sweep ends with its report. false for a protocol's tuning runs, where nothing
+    # may compare cells (BN with GN) before the protocol is chosen; `normbench report` builds
+    # it afterwards from the same records.
+    report: bool = True
     rerun: bool = False
     progress: bool = True
 

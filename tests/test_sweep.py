@@ -201,3 +201,21 @@ def test_command_line_values_replace_an_experiments_grid_axis():
         "batch=4",
         "batch=2",
     }
+
+
+def test_report_false_ends_a_sweep_without_comparing_its_cells(tmp_path, tiny):
+    # A protocol's tuning runs: the cells train and are recorded, and no table sets BN beside GN
+    # until `normbench report` is asked for one.
+    out_dir = tmp_path / "runs"
+    result = run_cli(["sweep", *tiny, "epochs=1", "norm=bn,gn", "report=false",
+                      f"out_dir={out_dir}"], cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    experiment = out_dir / "synthetic-resnet8"
+    assert len(_cells(experiment)) == 2
+    assert not (experiment / "report").exists()
+    assert f"no report (report=false): `normbench report {experiment}` builds it" in result.stdout
+    assert "normbench report:" not in result.stdout  # the printed report's first line
+    # The switch names no cell: the same sweep with the report reuses both cells.
+    again = run_cli(["sweep", *tiny, "epochs=1", "norm=bn,gn", f"out_dir={out_dir}"], cwd=tmp_path)
+    assert again.returncode == 0 and "2 skipped" in again.stdout, again.stdout + again.stderr
+    assert (experiment / "report" / "report.md").is_file()

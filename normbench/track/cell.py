@@ -27,7 +27,7 @@ from normbench.config import Config, norm_label, total_batch
 NON_SCIENCE_KEYS = frozenset({
     "name", "out_dir", "rerun", "devices", "progress", "experiment", "launcher", "logger",
     "accelerator", "backend", "log_every_steps", "checkpoint_every_steps", "cpu_threads",
-    "metric", "val_batch",
+    "metric", "val_batch", "report",
 })  # fmt: skip
 NON_SCIENCE_PREFIXES = (
     "logger.", "hydra.", "dataset.root", "dataset.workers", "dataset.download", "diagnostics.",
