@@ -1,9 +1,10 @@
 """The doubling test of a protocol (results/tuning.md): is each tested cell converged?
 
-A cell passes when training it twice as long (the check folder: one seed at 2x the epochs) moves
-its error by less than its seed-to-seed standard deviation at the protocol's length (the tables'
-folder: several seeds). Both folders are read from their committed records; a cell whose seeds
-or check have not finished yet is listed as pending.
+A cell passes when training it twice as long (the check folder: one or more seeds at 2x the
+epochs) moves its error, paired by seed and averaged over the seeds doubled, by less than its
+seed-to-seed standard deviation at the protocol's length (the tables' folder: several seeds).
+Both folders are read from their committed records; a cell whose seeds or check have not
+finished yet is listed as pending.
 
     python scripts/doubling_test.py results/fashion_mnist-converged-8px \\
         results/fashion_mnist-converged-8px-check
@@ -37,32 +38,45 @@ def finished(folder: Path) -> pd.DataFrame:
 
 
 def doubling_rows(tables: pd.DataFrame, check: pd.DataFrame) -> list[dict[str, object]]:
-    """One row per check cell: its seeds at the protocol's length, the check, the verdict."""
+    """One row per checked cell: its seeds at the protocol's length, its doubled seeds, the
+    change paired by seed (mean +- SE over the seeds doubled) and the verdict on the mean."""
     rows = []
-    for _, doubled in check.sort_values(SAME_CELL).iterrows():
+    for cell, doubled in check.sort_values([*SAME_CELL, "seed"]).groupby(SAME_CELL, sort=False):
         same = tables
-        for key in SAME_CELL:
-            same = same[same[key] == doubled[key]]
-        seeds = same.sort_values("seed")
-        values = seeds[METRIC].tolist()
-        std = pd.Series(values).std() if len(values) >= 2 else math.nan
-        base = seeds.loc[seeds["seed"] == doubled["seed"], METRIC]
-        change = doubled[METRIC] - base.iloc[0] if len(base) else math.nan
+        for key, value in zip(SAME_CELL, cell, strict=True):
+            same = same[same[key] == value]
+        base = same.sort_values("seed").set_index("seed")[METRIC]
+        std = base.std() if len(base) >= 2 else math.nan
+        changes = pd.Series(
+            [row[METRIC] - base[row["seed"]] for _, row in doubled.iterrows()
+             if row["seed"] in base.index]
+        )  # fmt: skip
+        change = changes.mean() if len(changes) else math.nan
         verdict = "pending" if math.isnan(change) or math.isnan(std) else (
             "yes" if abs(change) < std else "no"
         )  # fmt: skip
         rows.append({
-            "cell": f"{doubled['norm_label']} at {doubled['batch']} per GPU",
-            "epochs": f"{int(seeds['epochs'].iloc[0]) if len(seeds) else '?'} -> "
-                      f"{int(doubled['epochs'])}",
-            "seeds (protocol)": ", ".join(f"{v:.2f}" for v in values) or "-",
+            "cell": f"{cell[0]} at {cell[1]} per GPU",
+            "epochs": f"{int(same['epochs'].iloc[0]) if len(same) else '?'} -> "
+                      f"{int(doubled['epochs'].iloc[0])}",
+            "seeds (protocol)": ", ".join(f"{v:.2f}" for v in base) or "-",
             "std": std,
-            f"seed {int(doubled['seed'])}, doubled": doubled[METRIC],
+            "doubled": ", ".join(f"seed {int(r['seed'])} {r[METRIC]:.2f}"
+                                 for _, r in doubled.iterrows()),
+            "changes": ", ".join(f"{c:+.2f}" for c in changes) or "-",
             "change": change,
+            "SE": changes.std() / math.sqrt(len(changes)) if len(changes) >= 2 else math.nan,
             "change / std": abs(change) / std if std else math.nan,
             "passes": verdict,
         })  # fmt: skip
     return rows
+
+
+def shown(value: object) -> object:
+    """A number to two decimals, '-' for one not measured (NaN)."""
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.2f}"
+    return value
 
 
 def main() -> None:
@@ -75,7 +89,7 @@ def main() -> None:
         print("no finished check cell yet")
         return
     table = pd.DataFrame(rows).set_index("cell")
-    print(markdown_table(table.map(lambda v: f"{v:.2f}" if isinstance(v, float) else v), "cell"))
+    print(markdown_table(table.map(shown), "cell"))
 
 
 if __name__ == "__main__":
