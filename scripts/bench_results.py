@@ -15,7 +15,7 @@ short counterpart's times over the full schedule. The estimate runs each sweep's
 cores, the longest first, plus the sweeps' own time outside their cells (imports, planning,
 reports), and scales that to the slowest machine seen by the ratio of yardstick speeds.
 
-    .venv/bin/python scripts/bench_results.py [ENTRY] [--epochs E] [--first-seed]
+    .venv/bin/python scripts/bench_results.py [ENTRY] [--epochs E] [--first-seed] [--quick]
 """
 
 from __future__ import annotations
@@ -152,6 +152,8 @@ def main() -> None:
         "--parallel", type=int, default=None, help="cells at once (default: the launcher's)"
     )
     args = parse(parser)
+    if args.quick:  # a smoke run: the least that still has both kinds of epoch after the first
+        args.epochs, args.first_seed = 7, True
     from normbench.config import parallel_cells
 
     at_once = args.parallel or parallel_cells()
