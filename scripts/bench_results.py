@@ -24,15 +24,13 @@ import csv
 import heapq
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from _timing import Report, bench_parser, markdown_table, parse
-from reproduce import ENTRIES, ROOT, yardstick
+from reproduce import ENTRIES, sweep, yardstick
 
 SLOWEST_YARDSTICK = 440  # img/s of the yardstick cell on the slowest machine seen
 
@@ -118,17 +116,6 @@ def makespan(seconds: list[float], at_once: int) -> float:
     return max(workers)
 
 
-def short_run(sweeps: list[list[str]], extra: list[str], out_dir: Path) -> float:
-    """Run the entry's sweeps with the ``extra`` overrides; the seconds they took in all."""
-    start = time.perf_counter()
-    for args in sweeps:
-        command = [sys.executable, "-m", "normbench", "sweep", *args, *extra, f"out_dir={out_dir}"]
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"bench_results: `{' '.join(command)}` failed:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
-
-
 def short_cells(out_dir: Path, ignored: tuple[str, ...]) -> dict[tuple, tuple[EpochTimes, float]]:
     """Each short cell's key -> (its EpochTimes, its wall seconds)."""
     cells = {}
@@ -163,7 +150,8 @@ def main() -> None:
     report = Report(f"results-budget-{args.entry}", f"The wall time of reproducing {args.entry}")
     with tempfile.TemporaryDirectory(prefix="bench-results-") as scratch:
         speed = yardstick(Path(scratch))
-        sweep_wall = short_run(sweeps, extra, Path(scratch) / "runs")
+        # The entry's sweeps as reproduce.py runs them, shortened by the ``extra`` overrides.
+        sweep_wall = sum(sweep([*args, *extra], Path(scratch) / "runs")[1] for args in sweeps)
         measured = short_cells(Path(scratch) / "runs", ignored)
         full = full_cells(sweeps, Path(scratch) / "plan", ignored)
     # Shown per cell with its seeds together: (times of each short run, full seconds of each cell)
